@@ -1,0 +1,120 @@
+"""The one contract every inference backend implements.
+
+The runtime's APIs (ChatLLM, OpenAI, BladeLLM) are written once over `Processor`; none of them
+knows which engine serves it. A fake processor for tests fits in ~20 lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Engine-neutral sampling settings; the API layer has already validated the ranges."""
+
+    max_tokens: int
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means no top-k limit
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    logprobs: int | None = None  # number of top alternatives per token; None = no logprobs
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: Sequence[int]
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one engine step added to one request: new text, never cumulative."""
+
+    text: str
+    num_prompt_tokens: int
+    num_output_tokens: int  # cumulative, for usage
+    finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProcessorStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # 0..1
+
+
+class Tokenizer(Protocol):
+    """The part of a Hugging Face tokenizer the runtime uses."""
+
+    chat_template: Any
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ProcessorInfo:
+    name: str  # which backend, e.g. "vllm"
+    model_name: str  # the served model name clients pass back
+    model_path: str
+    max_model_len: int
+    dtype: str
+    tokenizer: Tokenizer | None = field(default=None, repr=False)
+
+
+class ProcessorError(Exception):
+    """A request failed inside the engine (per request, the engine lives on)."""
+
+
+class ProcessorInputError(ProcessorError):
+    """The engine rejected the request's input (a user's mistake, answered 400)."""
+
+
+class EngineDeadError(ProcessorError):
+    """The engine is gone; nothing more can be served."""
+
+
+class Processor(Protocol):
+    """An inference backend. `start` loads the model; `info` is valid after it."""
+
+    @property
+    def info(self) -> ProcessorInfo: ...
+
+    async def start(self) -> None: ...
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
+        """Steps for one request, ending with one whose finish_reason is set."""
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def check_health(self) -> None:
+        """Raises EngineDeadError when the engine cannot serve any more."""
+        ...
+
+    def stats(self) -> ProcessorStats: ...
+
+    async def shutdown(self) -> None: ...

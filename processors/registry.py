@@ -1,0 +1,48 @@
+"""Which processors exist and how `--processor auto` picks one."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+from processors.base import Processor
+from processors.settings import EngineSettings
+
+PROCESSOR_NAMES = ("auto", "vllm")
+
+
+class ProcessorUnavailableError(Exception):
+    pass
+
+
+def resolve_processor_name(name: str) -> str:
+    """The concrete processor for `name`; `auto` is vllm when it can be imported."""
+    if name not in PROCESSOR_NAMES:
+        raise ProcessorUnavailableError(
+            f"unknown processor {name!r}; choose one of {', '.join(PROCESSOR_NAMES)}"
+        )
+    if name in ("auto", "vllm"):
+        if importlib.util.find_spec("vllm") is None:
+            raise ProcessorUnavailableError(
+                "the vllm processor needs vLLM: install the 'cpu' or 'gpu' extra "
+                "(pip install 'llm-runtime[cpu]')"
+            )
+        return "vllm"
+    return name
+
+
+def create_processor(name: str, settings: EngineSettings) -> Processor:
+    if resolve_processor_name(name) == "vllm":
+        from processors.vllm_processor import VllmProcessor
+
+        return VllmProcessor(settings)
+    raise ProcessorUnavailableError(f"no processor named {name!r}")
+
+
+def architectures_for(name: str) -> Callable[[], set[str]]:
+    """A loader of the architectures a processor can run (importing an engine is slow)."""
+    if resolve_processor_name(name) == "vllm":
+        from processors.vllm_processor import supported_architectures
+
+        return supported_architectures
+    raise ProcessorUnavailableError(f"no processor named {name!r}")

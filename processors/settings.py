@@ -1,0 +1,20 @@
+"""Engine settings that every processor understands; the runtime's config builds them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model_path: str
+    served_model_name: str | None = None
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    max_num_seqs: int | None = None
+    gpu_memory_utilization: float | None = None
+    tensor_parallel_size: int = 1
+    # Engine-specific pass-through (`--engine-arg KEY=VALUE`), checked by the processor.
+    extra_args: Mapping[str, Any] = field(default_factory=dict)

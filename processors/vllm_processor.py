@@ -1,0 +1,217 @@
+"""vLLM's engine in-process: AsyncLLM, whose engine core runs in a child process it spawns."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from models.tokenizer import load_tokenizer
+from processors.base import (
+    EngineDeadError,
+    GenerationRequest,
+    ProcessorError,
+    ProcessorInfo,
+    ProcessorInputError,
+    ProcessorStats,
+    SamplingParams,
+    Step,
+    TokenLogprob,
+)
+from processors.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+
+def supported_architectures() -> set[str]:
+    from vllm import ModelRegistry
+
+    return set(ModelRegistry.get_supported_archs())
+
+
+class VllmProcessor:
+    name = "vllm"
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self._settings = settings
+        self._engine: Any = None
+        self._info: ProcessorInfo | None = None
+        self._scheduler_stats: Any = None
+
+    @property
+    def info(self) -> ProcessorInfo:
+        if self._info is None:
+            raise RuntimeError("the vllm processor has not started")
+        return self._info
+
+    async def start(self) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        engine_args = AsyncEngineArgs(**self._engine_kwargs(AsyncEngineArgs))
+        # Building the engine blocks for tens of seconds (it spawns and waits for the engine
+        # core); a thread keeps the event loop answering health probes meanwhile.
+        self._engine = await asyncio.to_thread(
+            AsyncLLM.from_engine_args, engine_args, stat_loggers=[self._stat_logger_factory]
+        )
+        tokenizer = await asyncio.to_thread(load_tokenizer, self._settings.model_path)
+        model_config = self._engine.model_config
+        self._info = ProcessorInfo(
+            name=self.name,
+            model_name=self._settings.served_model_name
+            or os.path.basename(os.path.normpath(self._settings.model_path)),
+            model_path=self._settings.model_path,
+            max_model_len=int(model_config.max_model_len),
+            dtype=str(model_config.dtype).removeprefix("torch."),
+            tokenizer=tokenizer,
+        )
+
+    def _engine_kwargs(self, args_class: type) -> dict[str, Any]:
+        s = self._settings
+        kwargs: dict[str, Any] = {
+            "model": s.model_path,
+            "dtype": s.dtype,
+            "tensor_parallel_size": s.tensor_parallel_size,
+            "served_model_name": s.served_model_name,
+        }
+        optional = {
+            "max_model_len": s.max_model_len,
+            "max_num_seqs": s.max_num_seqs,
+            "gpu_memory_utilization": s.gpu_memory_utilization,
+        }
+        kwargs.update({key: value for key, value in optional.items() if value is not None})
+        known = {f.name for f in dataclasses.fields(args_class)}
+        unknown = sorted(set(s.extra_args) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown vLLM engine argument(s): {', '.join(unknown)} "
+                "(--engine-arg takes fields of vllm.engine.arg_utils.AsyncEngineArgs)"
+            )
+        kwargs.update(s.extra_args)
+        return kwargs
+
+    def _stat_logger_factory(self, vllm_config: Any, engine_index: int = 0) -> Any:
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        processor = self
+
+        class LatestSchedulerStats(StatLoggerBase):
+            """Keeps the newest scheduler stats for `stats()`; vLLM calls it once per step."""
+
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+                if scheduler_stats is not None:
+                    processor._scheduler_stats = scheduler_stats
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return LatestSchedulerStats(vllm_config, engine_index)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
+        from vllm import TokensPrompt
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
+
+        params = _to_vllm_sampling(request.sampling)
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+        outputs = self._engine.generate(prompt, params, request.request_id)
+        num_output_tokens = 0
+        finished = False
+        try:
+            async for output in outputs:
+                completion = output.outputs[0]
+                num_output_tokens += len(completion.token_ids)
+                finished = output.finished
+                yield Step(
+                    text=completion.text,
+                    num_prompt_tokens=len(output.prompt_token_ids or ()),
+                    num_output_tokens=num_output_tokens,
+                    finish_reason=_finish_reason(completion.finish_reason) if finished else None,
+                    logprobs=_to_logprobs(completion.token_ids, completion.logprobs),
+                )
+        except VllmEngineDead as exc:
+            raise EngineDeadError("the vLLM engine died") from exc
+        except VLLMClientError as exc:
+            raise ProcessorInputError(str(exc)) from exc
+        except (ValueError, TypeError) as exc:  # vLLM's input validation
+            raise ProcessorInputError(str(exc)) from exc
+        except Exception as exc:
+            if isinstance(exc, ProcessorError):
+                raise
+            raise ProcessorError(f"generation failed: {exc}") from exc
+        finally:
+            await outputs.aclose()
+            if not finished:  # closed early: a client left or the request timed out
+                await self.abort(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        if self._engine is not None:
+            await self._engine.abort(request_id)
+
+    async def check_health(self) -> None:
+        if self._engine is None:
+            return
+        try:
+            await self._engine.check_health()
+        except Exception as exc:
+            raise EngineDeadError(f"the vLLM engine is not healthy: {exc}") from exc
+
+    def stats(self) -> ProcessorStats:
+        latest = self._scheduler_stats
+        if latest is None:
+            return ProcessorStats(num_running=0, num_waiting=0, kv_cache_usage=0.0)
+        return ProcessorStats(
+            num_running=latest.num_running_reqs,
+            num_waiting=latest.num_waiting_reqs,
+            kv_cache_usage=float(latest.kv_cache_usage),
+        )
+
+    async def shutdown(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await asyncio.to_thread(engine.shutdown)
+
+
+def _to_vllm_sampling(sampling: SamplingParams) -> Any:
+    from vllm import SamplingParams as VllmSamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return VllmSamplingParams(
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        min_p=sampling.min_p,
+        seed=sampling.seed,
+        stop=list(sampling.stop),
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        repetition_penalty=sampling.repetition_penalty,
+        ignore_eos=sampling.ignore_eos,
+        logprobs=sampling.logprobs,
+        output_kind=RequestOutputKind.DELTA,  # new text per step; the APIs accumulate if needed
+    )
+
+
+def _finish_reason(reason: str | None) -> Any:
+    return reason if reason in ("stop", "length") else "abort"
+
+
+def _to_logprobs(token_ids: Any, per_token: Any) -> tuple[TokenLogprob, ...]:
+    if not per_token:
+        return ()
+    result = []
+    for token_id, candidates in zip(token_ids, per_token, strict=False):
+        chosen = candidates[token_id]  # the sampled token, whatever its rank
+        top = tuple(
+            (lp.decoded_token or "", lp.logprob)
+            for lp in sorted(candidates.values(), key=lambda lp: lp.rank)
+        )
+        result.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob, top))
+    return tuple(result)

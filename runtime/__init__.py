@@ -1,0 +1,3 @@
+"""llm-runtime: a single-node LLM serving runtime."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,145 @@
+"""`POST /v1/completions`: OpenAI's completions with BladeLLM's chunk superset (PROTOCOLS §4).
+
+Every stream chunk carries a cumulative `usage`, `error_info` (null unless generation failed)
+and `finish_reason` "" until a choice ends. OpenAI clients ignore the extra fields, so one route
+serves both kinds of client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from processors.base import TokenLogprob
+from runtime.api.framing import SSE_DONE, json_response, primed, sse_event, sse_response
+from runtime.api.openai_chat import check_model
+from runtime.api.schema import CompletionRequest
+from runtime.errors import bad_request, from_exception
+from runtime.generation import Choice, new_request_id, usage
+from runtime.prompting import PromptBuilder
+from runtime.state import ServingState
+
+
+def prompt_token_ids(prompts: PromptBuilder, prompt: CompletionRequest) -> list[list[int]]:
+    """Token ids of each prompt: a string, strings, token ids, or lists of token ids."""
+    value = prompt.prompt
+    if isinstance(value, str):
+        return [prompts.encode_text(value)]
+    if all(isinstance(item, int) for item in value):
+        return [list(value)]  # type: ignore[arg-type]
+    if all(isinstance(item, str) for item in value):
+        return [prompts.encode_text(item) for item in value]  # type: ignore[arg-type]
+    if all(isinstance(item, list) for item in value):
+        return [list(item) for item in value]  # type: ignore[arg-type]
+    raise bad_request("prompt must be a string, a list of strings, or token ids", "prompt")
+
+
+def completions_router(state: ServingState) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    @router.post("/completions", summary="OpenAI / BladeLLM completions")
+    async def completions(body: CompletionRequest) -> Response:
+        state.require_ready()
+        model = check_model(state, body)
+        prompts = prompt_token_ids(state.prompts, body)
+        longest = max(len(ids) for ids in prompts)
+        if any(not ids for ids in prompts):
+            raise bad_request("prompt must not be empty", "prompt")
+        max_tokens = state.prompts.budget(longest, body.max_tokens, "max_tokens")
+        sampling = body.sampling(max_tokens, body.logprobs)
+        request_id = new_request_id("cmpl")
+        head = {
+            "id": request_id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+        }
+        echoes = [state.prompts.decode(ids) if body.echo else "" for ids in prompts]
+        num_prompt = sum(len(ids) for ids in prompts)
+        if body.stream:
+            steps = state.generator.stream_choices(request_id, prompts, sampling, body.n)
+            return sse_response(_stream(head, body, echoes, num_prompt, await primed(steps)))
+        choices = await state.generator.complete(request_id, prompts, sampling, body.n)
+        return json_response(
+            {
+                **head,
+                "choices": [
+                    {
+                        "index": index,
+                        "text": echoes[index // body.n] + choice.text,
+                        "logprobs": _logprobs(choice.logprobs)
+                        if body.logprobs is not None
+                        else None,
+                        "finish_reason": choice.finish_reason,
+                    }
+                    for index, choice in enumerate(choices)
+                ],
+                "usage": usage(choices, num_prompt),
+            }
+        )
+
+    return router
+
+
+def _logprobs(tokens: Sequence[TokenLogprob]) -> dict:
+    offsets, offset = [], 0
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) for t in tokens],
+        "text_offset": offsets,
+    }
+
+
+async def _stream(
+    head: dict, body: CompletionRequest, echoes: list[str], num_prompt: int, steps: AsyncGenerator
+) -> AsyncIterator[bytes]:
+    choices = [Choice() for _ in range(len(echoes) * body.n)]
+    pending_echo = set(range(len(choices))) if body.echo else set()
+    async with aclosing(steps):
+        try:
+            async for index, step in steps:
+                choices[index].add(step)
+                text = step.text
+                if index in pending_echo:
+                    pending_echo.discard(index)
+                    text = echoes[index // body.n] + text
+                if not text and not step.finish_reason:
+                    continue
+                choice = {
+                    "index": index,
+                    "text": text,
+                    "finish_reason": step.finish_reason or "",
+                    "logprobs": _logprobs(step.logprobs) if body.logprobs is not None else None,
+                }
+                yield sse_event(
+                    {
+                        **head,
+                        "choices": [choice],
+                        "usage": usage(choices, num_prompt),
+                        "error_info": None,
+                    }
+                )
+            if body.include_usage:
+                yield sse_event(
+                    {**head, "choices": [], "usage": usage(choices, num_prompt), "error_info": None}
+                )
+        except Exception as exc:
+            error = from_exception(exc).body()
+            yield sse_event(
+                {
+                    **head,
+                    "choices": [],
+                    "usage": usage(choices, num_prompt),
+                    "error_info": error["error"],
+                    **error,
+                }
+            )
+    yield SSE_DONE

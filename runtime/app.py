@@ -1,0 +1,69 @@
+"""`build_app(state)`: the ASGI app with every API family, auth and the error mapping."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from runtime import __version__
+from runtime.api.chatllm import chatllm_router
+from runtime.api.framing import json_response
+from runtime.api.health import LIVENESS_PATHS, READINESS_PATHS, health_router
+from runtime.api.openai_chat import openai_chat_router
+from runtime.api.openai_completions import completions_router
+from runtime.auth import TokenAuth
+from runtime.errors import ApiError, ErrorKind, bad_request, from_exception
+from runtime.state import ServingState
+
+OPEN_PATHS = (*LIVENESS_PATHS, *READINESS_PATHS)
+
+
+def build_app(state: ServingState) -> FastAPI:
+    app = FastAPI(title="llm-runtime", version=__version__, docs_url=None, redoc_url=None)
+    app.state.serving = state
+    app.include_router(health_router(state))
+    app.include_router(openai_chat_router(state))
+    app.include_router(completions_router(state))
+    app.include_router(chatllm_router(state))
+    _add_error_handlers(app)
+    token = state.config.server.token
+    if token:
+        app.add_middleware(TokenAuth, token=token, open_paths=OPEN_PATHS)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        error = from_exception(exc)
+        headers = {"Retry-After": "1"} if error.status in (429, 503) else None
+        return json_response(error.body(), error.status, headers)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return await on_api_error(request, bad_request(_describe(exc)))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        kind = ErrorKind.NOT_FOUND if exc.status_code == 404 else ErrorKind.BAD_REQUEST
+        error = ApiError(kind, f"{request.method} {request.url.path}: {exc.detail}")
+        return json_response(
+            {"error": {**error.body()["error"], "code": exc.status_code}}, exc.status_code
+        )
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_api_error)
+
+
+def _describe(exc: RequestValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
+        if error.get("type") == "json_invalid":
+            problems.append(f"the body is not valid JSON: {error.get('msg')}")
+            continue
+        problems.append(f"{'.'.join(loc)}: {error.get('msg')}" if loc else str(error.get("msg")))
+    return "; ".join(problems) or "invalid request"

@@ -1,0 +1,57 @@
+"""Service-token check (PROTOCOLS §1) as ASGI middleware, so every route family is covered."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Collection
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from runtime.errors import ApiError, ErrorKind
+
+
+def token_matches(header: str | None, token: str) -> bool:
+    """Accept `<token>` and `Bearer <token>`; compare in constant time."""
+    if not header:
+        return False
+    given = header[7:] if header[:7].lower() == "bearer " else header
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+class TokenAuth:
+    def __init__(self, app: ASGIApp, token: str, open_paths: Collection[str]) -> None:
+        self.app = app
+        self._token = token
+        self._open_paths = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self._open_paths:
+            await self.app(scope, receive, send)
+            return
+        header = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                header = value.decode("latin-1")
+                break
+        if token_matches(header, self._token):
+            await self.app(scope, receive, send)
+            return
+        message = "missing Authorization header" if header is None else "invalid service token"
+        error = ApiError(ErrorKind.UNAUTHORIZED, message)
+        body = orjson.dumps(error.body())
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": message})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": error.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

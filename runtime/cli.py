@@ -1,0 +1,150 @@
+"""The `llm-runtime` command: serve, check, demo-model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from runtime import __version__
+from runtime.config import SETTINGS, ConfigError, load_config
+
+log = logging.getLogger("runtime")
+
+# flag -> setting name; every flag defaults to "not given" so lower layers show through
+SERVE_FLAGS: dict[str, str] = {
+    "--model": "model_path",
+    "--processor": "processor",
+    "--host": "host",
+    "--port": "port",
+    "--token": "token",
+    "--service-name": "service_name",
+    "--served-model-name": "served_model_name",
+    "--max-model-len": "max_model_len",
+    "--dtype": "dtype",
+    "--max-num-seqs": "max_num_seqs",
+    "--gpu-memory-utilization": "gpu_memory_utilization",
+    "--tensor-parallel-size": "tensor_parallel_size",
+    "--log-level": "log_level",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-runtime", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"llm-runtime {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a model (the demo model without --model)")
+    serve.add_argument("--config", help="the platform's service JSON (deployment file)")
+    for flag, name in SERVE_FLAGS.items():
+        serve.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=SETTINGS[name].help)
+    serve.add_argument(
+        "--engine-arg",
+        dest="engine_args",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="KEY=VALUE",
+        help="extra engine argument (repeatable); VALUE is parsed as JSON when it can be",
+    )
+    serve.add_argument(
+        "--chatllm-stream-default",
+        dest="chatllm_stream_default",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=SETTINGS["chatllm_stream_default"].help,
+    )
+
+    check = commands.add_parser("check", help="validate a model folder and print what it holds")
+    check.add_argument("--model", required=True, help="the model folder")
+    check.add_argument("--processor", default="auto")
+    check.add_argument("--max-model-len", type=int, default=None)
+
+    demo = commands.add_parser("demo-model", help="write the built-in demo model to DIR")
+    demo.add_argument("directory", type=Path)
+    return parser
+
+
+def parse_engine_args(items: list[str]) -> dict[str, Any]:
+    import json
+
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--engine-arg expects KEY=VALUE, got {item!r}")
+        try:
+            parsed[key.replace("-", "_")] = json.loads(raw)
+        except ValueError:
+            parsed[key.replace("-", "_")] = raw
+    return parsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    _setup_logging(args.get("log_level") or os.environ.get("LLM_RUNTIME_LOG_LEVEL", "info"))
+    try:
+        if command == "serve":
+            return _serve(args)
+        if command == "check":
+            return _check(args)
+        return _demo_model(args["directory"])
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+
+
+def _serve(args: dict[str, Any]) -> int:
+    from models.validate import ModelCheckError
+    from processors.registry import ProcessorUnavailableError
+    from runtime.prepare import PrepareError
+    from runtime.serve import serve
+
+    service_json = args.pop("config", None)
+    if "engine_args" in args:
+        args["engine_args"] = parse_engine_args(args["engine_args"])
+    config = load_config(args, os.environ, service_json)
+    try:
+        return serve(config)
+    except (ModelCheckError, PrepareError, ProcessorUnavailableError) as exc:
+        log.error("cannot serve: %s", exc)
+        return 2
+
+
+def _check(args: dict[str, Any]) -> int:
+    from models.validate import ModelCheckError
+    from processors.registry import ProcessorUnavailableError
+    from processors.settings import EngineSettings
+    from runtime.serve import check_model
+
+    settings = EngineSettings(model_path=args["model"], max_model_len=args["max_model_len"])
+    try:
+        report = check_model(args["processor"], settings)
+    except (ModelCheckError, ProcessorUnavailableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.describe())
+    print("ok")
+    return 0
+
+
+def _demo_model(directory: Path) -> int:
+    from models.demo import write_demo_model
+
+    write_demo_model(directory)
+    print(f"wrote the demo model to {directory}")
+    return 0
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper() if isinstance(level, str) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Configuration: defaults < service JSON < environment (LLM_RUNTIME_*) < command line."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from runtime.config.service_json import read_service_json
+from runtime.config.settings import (
+    SETTINGS,
+    ConfigError,
+    PrepareConfig,
+    RuntimeConfig,
+    ServerConfig,
+    build_config,
+)
+
+ENV_PREFIX = "LLM_RUNTIME_"
+
+__all__ = [
+    "ENV_PREFIX",
+    "SETTINGS",
+    "ConfigError",
+    "PrepareConfig",
+    "RuntimeConfig",
+    "ServerConfig",
+    "load_config",
+]
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    """Settings given as LLM_RUNTIME_<NAME> variables."""
+    return {
+        name: environ[ENV_PREFIX + name.upper()]
+        for name in SETTINGS
+        if ENV_PREFIX + name.upper() in environ
+    }
+
+
+def load_config(
+    cli_values: Mapping[str, Any],
+    environ: Mapping[str, str],
+    service_json: str | None = None,
+) -> RuntimeConfig:
+    """Build the config from all sources. `cli_values` holds only flags the user gave."""
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    ignored: list[str] = []
+    environ = dict(environ)
+    if service_json:
+        json_values, ignored = read_service_json(service_json)
+        layers.append((f"service JSON {service_json}", json_values))
+        # The platform sets containers[0].env in the container; a variable already set in the
+        # real environment wins, as env outranks the file.
+        for name, value in json_values.get("container_env", ()):
+            environ.setdefault(name, value)
+    layers.append(("environment", env_values(environ)))
+    layers.append(("command line", cli_values))
+    return build_config(layers, ignored_keys=ignored)

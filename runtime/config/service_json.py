@@ -1,0 +1,102 @@
+"""Reads the platform's service JSON (the deployment file) into settings.
+
+Only the keys below are honoured; every other leaf is reported once as ignored, so a deployment
+file runs as is and its author can see what this runtime does not do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runtime.config.settings import ConfigError
+
+# setting name -> paths in the service JSON, first found wins (aliases after the main key)
+KEY_PATHS: dict[str, tuple[str, ...]] = {
+    "service_name": ("name", "metadata.name"),
+    "token": ("token",),
+    "model_path": ("model_path",),
+    "port": ("containers.0.port",),
+    "python_requirements": ("containers.0.prepare.pythonRequirements",),
+    "python_requirements_path": ("containers.0.prepare.pythonRequirementsPath",),
+}
+
+
+def read_service_json(path: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """Settings found in the file, and the dotted keys it ignores."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read service JSON {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"service JSON {path} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ConfigError(f"service JSON {path} must hold a JSON object")
+
+    values: dict[str, Any] = {}
+    used: set[str] = set()
+    for name, paths in KEY_PATHS.items():
+        for dotted in paths:
+            found, value = _lookup(document, dotted)
+            if found:
+                used.add(dotted)
+                values.setdefault(name, value)
+
+    storage = document.get("storage")
+    if isinstance(storage, list):
+        mounts = []
+        for index, entry in enumerate(storage):
+            if isinstance(entry, dict) and isinstance(entry.get("mount_path"), str):
+                mounts.append(entry["mount_path"])
+                # the source (oss, nfs, ...) is the platform's business: locally it is mounted
+                used.add(f"storage.{index}")
+        if mounts:
+            values["storage_mounts"] = mounts
+
+    found, env = _lookup(document, "containers.0.env")
+    if found:
+        used.add("containers.0.env")
+        values["container_env"] = _env_pairs(env, path)
+
+    ignored = [leaf for leaf in _leaves(document) if not _is_under_any(leaf, used)]
+    return values, ignored
+
+
+def _env_pairs(env: Any, path: str | Path) -> list[tuple[str, str]]:
+    if not isinstance(env, list):
+        raise ConfigError(f"containers[0].env in {path} must be a list of {{name, value}}")
+    pairs = []
+    for item in env:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ConfigError(f"containers[0].env in {path} has an entry without a name: {item}")
+        pairs.append((item["name"], str(item.get("value", ""))))
+    return pairs
+
+
+def _lookup(document: Any, dotted: str) -> tuple[bool, Any]:
+    node = document
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
+def _leaves(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict) and node:
+        return [
+            leaf
+            for key, child in node.items()
+            for leaf in _leaves(child, f"{prefix}.{key}" if prefix else str(key))
+        ]
+    if isinstance(node, list) and node and prefix.split(".")[-1] in ("containers", "storage"):
+        return [leaf for i, child in enumerate(node) for leaf in _leaves(child, f"{prefix}.{i}")]
+    return [prefix]
+
+
+def _is_under_any(leaf: str, used: set[str]) -> bool:
+    return any(leaf == key or leaf.startswith(key + ".") for key in used)

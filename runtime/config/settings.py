@@ -1,0 +1,203 @@
+"""The runtime's settings: one table of names and types, built into frozen dataclasses.
+
+Every source (service JSON, environment, command line) yields a flat `{name: value}` dict over
+the names in SETTINGS; `build_config` merges them in precedence order and validates once, so a
+bad value fails at start with the setting and its source named, never as an assert later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.settings import EngineSettings
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    kind: type | str  # int, float, bool, str, or "list" / "dict" / "pairs"
+    help: str
+
+
+SETTINGS: dict[str, Setting] = {
+    # server
+    "host": Setting(str, "address to bind"),
+    "port": Setting(int, "port to bind"),
+    "token": Setting(str, "service token required in the Authorization header"),
+    "service_name": Setting(str, "service name, served at /api/predict/<name>"),
+    "chatllm_stream_default": Setting(bool, "ChatLLM streams when use_stream_chat is absent"),
+    "log_level": Setting(str, "logging level"),
+    # processor and engine
+    "processor": Setting(str, "inference backend: auto or vllm"),
+    "model_path": Setting(str, "Hugging Face model folder (default: the built-in demo model)"),
+    "served_model_name": Setting(str, "model name the OpenAI API reports and accepts"),
+    "max_model_len": Setting(int, "context window in tokens"),
+    "dtype": Setting(str, "weight dtype: auto, float16, bfloat16, float32"),
+    "max_num_seqs": Setting(int, "sequences the engine runs at once"),
+    "gpu_memory_utilization": Setting(float, "share of GPU memory the engine may use"),
+    "tensor_parallel_size": Setting(int, "GPUs one model is split over"),
+    "engine_args": Setting("dict", "extra engine arguments KEY=VALUE"),
+    # preparation before the model loads
+    "python_requirements": Setting("list", "pip requirements installed before loading"),
+    "python_requirements_path": Setting(str, "requirements file installed before loading"),
+    "storage_mounts": Setting("list", "mount paths that must exist and be readable"),
+    "container_env": Setting("pairs", "environment the service JSON sets"),
+}
+
+DTYPES = ("auto", "float16", "half", "bfloat16", "float32", "float")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8000
+    token: str | None = field(default=None, repr=False)
+    service_name: str = "llm"
+    chatllm_stream_default: bool = False
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    python_requirements: tuple[str, ...] = ()
+    python_requirements_path: str | None = None
+    storage_mounts: tuple[str, ...] = ()
+    container_env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    processor: str = "auto"
+    # model_path "" stands for the built-in demo model, resolved when serving starts.
+    engine: EngineSettings = field(default_factory=lambda: EngineSettings(model_path=""))
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    ignored_keys: tuple[str, ...] = ()
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings in effect, safe to log or show: the token never leaves."""
+        from dataclasses import asdict
+
+        values = asdict(self)
+        if values["server"]["token"]:
+            values["server"]["token"] = "<redacted>"
+        return values
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """Convert a raw value (a string from env/CLI, or JSON) to the setting's type."""
+    setting = SETTINGS[name]
+    where = f"{name} (from {source})"
+    try:
+        if setting.kind is bool:
+            return _to_bool(value)
+        if setting.kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if setting.kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if setting.kind is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError(value)
+            return str(value)
+        if setting.kind == "list":
+            if isinstance(value, str):
+                value = json.loads(value) if value.lstrip().startswith("[") else value.split()
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return tuple(value)
+        if setting.kind == "dict":
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, Mapping):
+                raise ValueError(value)
+            return dict(value)
+        if setting.kind == "pairs":
+            return tuple((str(k), str(v)) for k, v in value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {value!r} is not a valid {_kind_name(setting)}") from exc
+    raise AssertionError(f"unhandled setting kind {setting.kind!r}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
+def _kind_name(setting: Setting) -> str:
+    return setting.kind.__name__ if isinstance(setting.kind, type) else setting.kind
+
+
+def build_config(layers: list[tuple[str, Mapping[str, Any]]], ignored_keys=()) -> RuntimeConfig:
+    """Merge `(source, values)` layers, lowest precedence first, into a validated config."""
+    merged: dict[str, Any] = {}
+    for source, values in layers:
+        for name, raw in values.items():
+            if name not in SETTINGS:
+                raise ConfigError(f"unknown setting {name!r} (from {source})")
+            value = coerce(name, raw, source)
+            if name == "engine_args" and "engine_args" in merged:
+                value = {**merged["engine_args"], **value}  # later sources override per key
+            merged[name] = value
+    config = RuntimeConfig(
+        server=ServerConfig(
+            **{k: merged[k] for k in _fields(ServerConfig) if k in merged},
+        ),
+        processor=merged.get("processor", "auto"),
+        engine=EngineSettings(
+            model_path=merged.get("model_path", ""),
+            served_model_name=merged.get("served_model_name"),
+            max_model_len=merged.get("max_model_len"),
+            dtype=merged.get("dtype", "auto"),
+            max_num_seqs=merged.get("max_num_seqs"),
+            gpu_memory_utilization=merged.get("gpu_memory_utilization"),
+            tensor_parallel_size=merged.get("tensor_parallel_size", 1),
+            extra_args=merged.get("engine_args", {}),
+        ),
+        prepare=PrepareConfig(**{k: merged[k] for k in _fields(PrepareConfig) if k in merged}),
+        ignored_keys=tuple(ignored_keys),
+    )
+    _validate(config)
+    return config
+
+
+def _fields(cls: type) -> list[str]:
+    return list(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+
+
+def _validate(config: RuntimeConfig) -> None:
+    server, engine = config.server, config.engine
+    if not 0 < server.port < 65536:
+        raise ConfigError(f"port must be between 1 and 65535, got {server.port}")
+    if not server.service_name or "/" in server.service_name:
+        raise ConfigError(
+            f"service_name must be a non-empty name without '/', got {server.service_name!r}"
+        )
+    if engine.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {engine.dtype!r}")
+    for name in ("max_model_len", "max_num_seqs"):
+        value = getattr(engine, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    if engine.tensor_parallel_size < 1:
+        raise ConfigError(
+            f"tensor_parallel_size must be at least 1, got {engine.tensor_parallel_size}"
+        )
+    utilization = engine.gpu_memory_utilization
+    if utilization is not None and not 0 < utilization <= 1:
+        raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {utilization}")

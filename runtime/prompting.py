@@ -1,0 +1,98 @@
+"""From what a client sent to the token ids an engine runs: chat templates and token budgets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from processors.base import Tokenizer
+from runtime.errors import bad_request
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+
+class PromptBuilder:
+    """Renders chat messages with the model's template and checks prompts fit the context."""
+
+    def __init__(self, tokenizer: Tokenizer, max_model_len: int) -> None:
+        self._tokenizer = tokenizer
+        self.max_model_len = max_model_len
+        self._has_template = bool(getattr(tokenizer, "chat_template", None))
+        if not self._has_template:
+            log.warning("the model has no chat template; chat prompts use a plain fallback")
+
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        if not self._has_template:
+            return _fallback_template(messages)
+        try:
+            rendered = self._tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # templates raise on e.g. roles that do not alternate
+            raise bad_request(f"the model's chat template rejected the messages: {exc}") from exc
+        return str(rendered)
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        # The template already wrote any BOS token, so the tokenizer must not add another.
+        return self._tokenizer.encode(self.render_chat(messages), add_special_tokens=False)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=True)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(token_ids, skip_special_tokens=False)
+
+    def budget(
+        self, num_prompt_tokens: int, requested: int | None, field: str, default: int | None = None
+    ) -> int:
+        """Max tokens to generate. An explicit request that does not fit is an error (vLLM
+        clamps it silently); an absent one gets `default`, clamped to what is left."""
+        room = self.max_model_len - num_prompt_tokens
+        if room < 1:
+            raise bad_request(
+                f"the prompt is {num_prompt_tokens} tokens, but the model's context window is "
+                f"{self.max_model_len} tokens (at least one token must be left to generate)",
+                param="prompt",
+            )
+        if requested is None:
+            return room if default is None else min(default, room)
+        if requested > room:
+            raise bad_request(
+                f"{field} is {requested}, but the prompt is {num_prompt_tokens} tokens and the "
+                f"model's context window is {self.max_model_len} tokens: at most {room} tokens "
+                "can be generated",
+                param=field,
+            )
+        return requested
+
+
+def text_of(content: Any, field: str = "content") -> str:
+    """Message content as text: a string, or a list of `{"type": "text", "text": ...}` parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            raise bad_request(
+                f"{field}: only text parts are supported, got part type {kind!r}", param=field
+            )
+        parts.append(part["text"])
+    return "".join(parts)
+
+
+def _fallback_template(messages: Sequence[Message]) -> str:
+    lines = []
+    for message in messages:
+        role = message["role"]
+        if role == "system":
+            lines.append(message["content"] + "\n")
+        else:
+            lines.append(f"{role.capitalize()}: {message['content']}")
+    lines.append("Assistant:")
+    return "\n".join(lines)

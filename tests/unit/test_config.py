@@ -1,0 +1,151 @@
+"""Config precedence, the service JSON's keys and aliases, and clear errors for bad values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runtime.cli import build_parser, parse_engine_args
+from runtime.config import ConfigError, load_config
+
+
+def write_json(tmp_path, document) -> str:
+    path = tmp_path / "service.json"
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+SERVICE = {
+    "name": "qwen-chat",
+    "token": "from-json",
+    "model_path": "/mnt/model",
+    "storage": [{"mount_path": "/mnt/model", "oss": {"path": "oss://bucket/qwen"}}],
+    "containers": [
+        {
+            "image": "registry/llm-runtime:latest",
+            "port": 9000,
+            "env": [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": "2"}],
+            "prepare": {"pythonRequirements": ["einops==0.8.0"]},
+        }
+    ],
+    "metadata": {"instance": 1, "rpc": {"keepalive": 60000}},
+}
+
+
+def test_service_json_keys_become_settings(tmp_path):
+    config = load_config({}, {}, write_json(tmp_path, SERVICE))
+    assert config.server.service_name == "qwen-chat"
+    assert config.server.token == "from-json"
+    assert config.server.port == 9000
+    assert config.engine.model_path == "/mnt/model"
+    assert config.prepare.storage_mounts == ("/mnt/model",)
+    assert config.prepare.python_requirements == ("einops==0.8.0",)
+    assert config.prepare.container_env == (("VLLM_CPU_KVCACHE_SPACE", "2"),)
+
+
+def test_unknown_keys_are_reported_not_fatal(tmp_path):
+    config = load_config({}, {}, write_json(tmp_path, SERVICE))
+    assert set(config.ignored_keys) == {
+        "containers.0.image",
+        "metadata.instance",
+        "metadata.rpc.keepalive",
+    }
+
+
+def test_metadata_name_is_an_alias_of_name(tmp_path):
+    document = {"metadata": {"name": "aliased"}}
+    assert load_config({}, {}, write_json(tmp_path, document)).server.service_name == "aliased"
+    document["name"] = "top"
+    assert load_config({}, {}, write_json(tmp_path, document)).server.service_name == "top"
+
+
+def test_precedence_is_defaults_json_env_cli(tmp_path):
+    path = write_json(tmp_path, SERVICE)
+    assert load_config({}, {}).server.port == 8000
+    assert load_config({}, {}, path).server.port == 9000
+    env = {"LLM_RUNTIME_PORT": "9100", "LLM_RUNTIME_TOKEN": "from-env"}
+    config = load_config({}, env, path)
+    assert (config.server.port, config.server.token) == (9100, "from-env")
+    config = load_config({"port": "9200"}, env, path)
+    assert (config.server.port, config.server.token) == (9200, "from-env")
+
+
+def test_real_environment_outranks_the_files_container_env(tmp_path):
+    from runtime.prepare import apply_container_env
+
+    config = load_config({}, {}, write_json(tmp_path, SERVICE))
+    environ = {"VLLM_CPU_KVCACHE_SPACE": "5"}
+    apply_container_env(config.prepare, environ)
+    assert environ["VLLM_CPU_KVCACHE_SPACE"] == "5"
+    environ = {}
+    apply_container_env(config.prepare, environ)
+    assert environ["VLLM_CPU_KVCACHE_SPACE"] == "2"
+
+
+def test_container_env_can_set_runtime_settings(tmp_path):
+    document = {"containers": [{"env": [{"name": "LLM_RUNTIME_MAX_MODEL_LEN", "value": "512"}]}]}
+    assert load_config({}, {}, write_json(tmp_path, document)).engine.max_model_len == 512
+
+
+def test_cli_flags_parse_into_settings():
+    args = vars(
+        build_parser().parse_args(
+            [
+                "serve",
+                "--model",
+                "/m",
+                "--port",
+                "1234",
+                "--engine-arg",
+                "enforce_eager=true",
+                "--engine-arg",
+                "swap-space=4",
+                "--chatllm-stream-default",
+            ]
+        )
+    )
+    assert args["model_path"] == "/m" and "host" not in args  # absent flags do not override
+    args.pop("command"), args.pop("config")
+    args["engine_args"] = parse_engine_args(args["engine_args"])
+    config = load_config(args, {})
+    assert config.engine.extra_args == {"enforce_eager": True, "swap_space": 4}
+    assert config.server.chatllm_stream_default is True
+    assert config.server.port == 1234
+
+
+@pytest.mark.parametrize(
+    ("cli", "env", "needle"),
+    [
+        ({"port": "eighty"}, {}, "port (from command line)"),
+        ({}, {"LLM_RUNTIME_PORT": "70000"}, "port must be between"),
+        ({"gpu_memory_utilization": "1.5"}, {}, "gpu_memory_utilization"),
+        ({"dtype": "int3"}, {}, "dtype must be one of"),
+        ({"tensor_parallel_size": "0"}, {}, "tensor_parallel_size"),
+        ({}, {"LLM_RUNTIME_CHATLLM_STREAM_DEFAULT": "maybe"}, "chatllm_stream_default"),
+        ({"service_name": "a/b"}, {}, "service_name"),
+    ],
+)
+def test_bad_values_fail_with_the_setting_named(cli, env, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        load_config(cli, env)
+
+
+def test_bad_engine_arg_syntax_is_a_config_error():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_engine_args(["novalue"])
+
+
+def test_unreadable_or_invalid_service_json_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config({}, {}, str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config({}, {}, str(bad))
+
+
+def test_redacted_config_hides_the_token():
+    config = load_config({"token": "s3cret"}, {})
+    assert "s3cret" not in repr(config)
+    assert "s3cret" not in str(config.redacted())
