@@ -1,0 +1,132 @@
+"""The real `llm-runtime serve` in a subprocess, started once per test session.
+
+It is started from a platform service JSON (name, token, port, env, storage mount) with no
+model path, so it serves the built-in demo model on the real vLLM engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+TOKEN = "e2e-secret-token"
+SERVICE_NAME = "demo-chat"
+READY_TIMEOUT_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def runtime_command(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "llm-runtime"), *args]
+
+
+@dataclass
+class Server:
+    url: str
+    token: str
+    process: subprocess.Popen
+    log_path: Path
+    seconds_to_ready: float
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"Authorization": self.token, **extra}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before ready")
+        try:
+            if requests.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)  # polling a condition with a deadline, not a sleep as synchronisation
+    raise TimeoutError(f"the server was not ready within {timeout} s")
+
+
+def stop(process: subprocess.Popen) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            return process.wait()
+    return process.returncode
+
+
+@pytest.fixture(scope="session")
+def server(model_cache_dir, demo_model_dir, tmp_path_factory) -> Server:
+    workdir = tmp_path_factory.mktemp("server")
+    port = free_port()
+    service = {
+        "name": SERVICE_NAME,
+        "token": TOKEN,
+        "storage": [{"mount_path": str(model_cache_dir), "empty_dir": {}}],
+        "containers": [
+            {
+                "image": "llm-runtime:e2e",
+                "port": port,
+                "env": [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"}],
+            }
+        ],
+        "metadata": {"instance": 1},
+    }
+    (workdir / "service.json").write_text(json.dumps(service))
+    env = {**os.environ, "LLM_RUNTIME_CACHE_DIR": str(model_cache_dir)}
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the service JSON's env must provide it
+    log_path = workdir / "server.log"
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            runtime_command(
+                "serve",
+                "--config",
+                str(workdir / "service.json"),
+                "--host",
+                "127.0.0.1",
+                "--max-num-seqs",
+                "32",
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process, READY_TIMEOUT_S)
+    except Exception:
+        stop(process)
+        raise RuntimeError(f"server did not start:\n{log_path.read_text()[-5000:]}") from None
+    server = Server(url, TOKEN, process, log_path, time.monotonic() - started)
+    print(f"\nserver ready in {server.seconds_to_ready:.1f} s")
+    yield server
+    code = stop(process)
+    assert code == 0, f"the server exited with {code}:\n{server.log()[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def openai_client(server):
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.token, max_retries=0)
