@@ -86,7 +86,7 @@ async def _serve(config: RuntimeConfig, engine: EngineSettings) -> int:
     exit_code = 0
     await asyncio.wait({serving, loading}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done() and loading.exception() is not None:
-        log.error("could not start the %s processor: %s", config.processor, loading.exception())
+        log.error("could not start the processor: %s", loading.exception())
         state.phase = Phase.FAILED
         server.should_exit = True
         exit_code = 1
