@@ -33,4 +33,4 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install
-	$(PY) -m benchmarks.bench_smoke $(ARGS)
+	$(PY) -m benchmarks.quick_serving $(ARGS)
