@@ -14,7 +14,13 @@ from runtime.api.health import LIVENESS_PATHS, READINESS_PATHS, health_router
 from runtime.api.openai_chat import openai_chat_router
 from runtime.api.openai_completions import completions_router
 from runtime.auth import TokenAuth
-from runtime.errors import ApiError, ErrorKind, bad_request, from_exception
+from runtime.errors import (
+    ApiError,
+    ErrorKind,
+    bad_request,
+    describe_validation_errors,
+    from_exception,
+)
 from runtime.state import ServingState
 
 OPEN_PATHS = (*LIVENESS_PATHS, *READINESS_PATHS)
@@ -41,29 +47,18 @@ def _add_error_handlers(app: FastAPI) -> None:
         return json_response(error.body(), error.status, headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return await on_api_error(request, bad_request(_describe(exc)))
+        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+        return await on_api_error(request, bad_request(describe_validation_errors(errors)))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        kind = ErrorKind.NOT_FOUND if exc.status_code == 404 else ErrorKind.BAD_REQUEST
-        error = ApiError(kind, f"{request.method} {request.url.path}: {exc.detail}")
-        return json_response(
-            {"error": {**error.body()["error"], "code": exc.status_code}}, exc.status_code
-        )
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        detail = exc.detail if isinstance(exc, HTTPException) else "not found"
+        # Starlette's own 404/405: same JSON shape, its status kept.
+        kind = ErrorKind.NOT_FOUND if status == 404 else ErrorKind.BAD_REQUEST
+        error = ApiError(kind, f"{request.method} {request.url.path}: {detail}")
+        return json_response({"error": {**error.body()["error"], "code": status}}, status)
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(Exception, on_api_error)
-
-
-def _describe(exc: RequestValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        loc = [str(part) for part in error.get("loc", ()) if part != "body"]
-        if error.get("type") == "json_invalid":
-            problems.append(f"the body is not valid JSON: {error.get('msg')}")
-            continue
-        problems.append(f"{'.'.join(loc)}: {error.get('msg')}" if loc else str(error.get("msg")))
-    return "; ".join(problems) or "invalid request"

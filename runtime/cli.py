@@ -85,7 +85,7 @@ def parse_engine_args(items: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
-    _setup_logging(args.get("log_level") or os.environ.get("LLM_RUNTIME_LOG_LEVEL", "info"))
+    _setup_logging()
     try:
         if command == "serve":
             return _serve(args)
@@ -139,10 +139,10 @@ def _demo_model(directory: Path) -> int:
     return 0
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging() -> None:
+    # INFO until the config is read; `serve` then applies the configured level.
     logging.basicConfig(
-        level=level.upper() if isinstance(level, str) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Iterable
+from typing import Any
 
 from processors.base import EngineDeadError, ProcessorError, ProcessorInputError
 
@@ -60,6 +62,18 @@ class ApiError(Exception):
 
 def bad_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(ErrorKind.BAD_REQUEST, message, param)
+
+
+def describe_validation_errors(errors: Iterable[Any]) -> str:
+    """pydantic's error list as one sentence that names each field: `top_p: Input should...`."""
+    problems = []
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            problems.append(f"the body is not valid JSON: {error.get('msg')}")
+            continue
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        problems.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    return "; ".join(problems) or "invalid request"
 
 
 def from_exception(exc: BaseException) -> ApiError:

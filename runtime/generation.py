@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from processors.base import GenerationRequest, Processor, SamplingParams, Step, TokenLogprob
 from runtime.errors import from_exception
@@ -68,7 +68,7 @@ class Generator:
                 # Each choice gets its own seed, or n seeded choices would all be identical.
                 seeded = sampling
                 if sampling.seed is not None and n > 1:
-                    seeded = _with_seed(sampling, sampling.seed + sample)
+                    seeded = replace(sampling, seed=sampling.seed + sample)
                 index = prompt_index * n + sample
                 suffix = f"-{index}" if len(prompts) * n > 1 else ""
                 streams.append(self.stream(request_id + suffix, prompt, seeded))
@@ -81,12 +81,6 @@ class Generator:
         async for index, step in self.stream_choices(request_id, prompts, sampling, n):
             choices[index].add(step)
         return choices
-
-
-def _with_seed(sampling: SamplingParams, seed: int) -> SamplingParams:
-    from dataclasses import replace
-
-    return replace(sampling, seed=seed)
 
 
 async def merge_indexed(

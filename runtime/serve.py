@@ -49,6 +49,7 @@ def check_model(processor: str, engine: EngineSettings) -> ModelReport:
 
 def serve(config: RuntimeConfig) -> int:
     """Run the server until it is stopped; the process exit code."""
+    logging.getLogger().setLevel(config.server.log_level.upper())
     log.info("config in effect: %s", config.redacted())
     if config.ignored_keys:
         log.warning(

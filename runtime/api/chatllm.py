@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from runtime.api.framing import json_response, nul_record, nul_response, primed
 from runtime.api.schema import ChatLLMRequest
-from runtime.errors import bad_request, from_exception
+from runtime.errors import bad_request, describe_validation_errors, from_exception
 from runtime.generation import new_request_id
 from runtime.state import ServingState
 
@@ -46,15 +46,7 @@ def parse_chatllm_body(body: bytes, content_type: str) -> tuple[ChatLLMRequest, 
     try:
         return ChatLLMRequest.model_validate(document), False
     except ValidationError as exc:
-        raise bad_request(describe_validation_error(exc)) from exc
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"] if part != "body")
-        problems.append(f"{where}: {error['msg']}" if where else error["msg"])
-    return "; ".join(problems)
+        raise bad_request(describe_validation_errors(exc.errors())) from exc
 
 
 def chatllm_messages(chat: ChatLLMRequest) -> list[dict[str, str]]:

@@ -51,6 +51,7 @@ SETTINGS: dict[str, Setting] = {
 }
 
 DTYPES = ("auto", "float16", "half", "bfloat16", "float32", "float")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,10 @@ def _validate(config: RuntimeConfig) -> None:
     if not server.service_name or "/" in server.service_name:
         raise ConfigError(
             f"service_name must be a non-empty name without '/', got {server.service_name!r}"
+        )
+    if server.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(
+            f"log_level must be one of {', '.join(LOG_LEVELS)}, got {server.log_level!r}"
         )
     if engine.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {engine.dtype!r}")

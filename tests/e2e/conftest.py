@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -121,8 +122,12 @@ def server(model_cache_dir, demo_model_dir, tmp_path_factory) -> Server:
     server = Server(url, TOKEN, process, log_path, time.monotonic() - started)
     print(f"\nserver ready in {server.seconds_to_ready:.1f} s")
     yield server
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children, "vLLM runs its engine core in child processes"
     code = stop(process)
     assert code == 0, f"the server exited with {code}:\n{server.log()[-3000:]}"
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"child processes outlived the server: {alive}"
 
 
 @pytest.fixture(scope="session")

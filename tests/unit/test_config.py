@@ -124,6 +124,7 @@ def test_cli_flags_parse_into_settings():
         ({"tensor_parallel_size": "0"}, {}, "tensor_parallel_size"),
         ({}, {"LLM_RUNTIME_CHATLLM_STREAM_DEFAULT": "maybe"}, "chatllm_stream_default"),
         ({"service_name": "a/b"}, {}, "service_name"),
+        ({"log_level": "loud"}, {}, "log_level must be one of"),
     ],
 )
 def test_bad_values_fail_with_the_setting_named(cli, env, needle):
