@@ -23,13 +23,7 @@ def test_chatllm_stream_is_cumulative_nul_delimited_json(server):
         "temperature": 0,
         "use_stream_chat": True,
     }
-    with requests.post(
-        f"{server.url}/api/predict/{SERVICE_NAME}",
-        json=request,
-        headers=server.headers(),
-        stream=True,
-        timeout=120,
-    ) as response:
+    with post(server, f"/api/predict/{SERVICE_NAME}", json=request, stream=True) as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/octet-stream"
         records = [json.loads(line) for line in response.iter_lines(delimiter=b"\0") if line]
@@ -55,13 +49,7 @@ def test_plain_text_body_gets_one_json_answer(server):
 
 def test_bladellm_stream_string_flag_with_usage_on_every_chunk(server):
     request = {"prompt": "The engine", "max_tokens": 6, "temperature": 0, "stream": "true"}
-    with requests.post(
-        f"{server.url}/v1/completions",
-        json=request,
-        headers=server.headers(),
-        stream=True,
-        timeout=120,
-    ) as response:
+    with post(server, "/v1/completions", json=request, stream=True) as response:
         assert response.status_code == 200
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == b"data: [DONE]"
