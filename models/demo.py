@@ -65,9 +65,13 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
+def demo_model_path(cache_dir: Path | None = None) -> Path:
+    return (cache_dir or default_cache_dir()) / f"demo-model-{DEMO_MODEL_VERSION}"
+
+
 def ensure_demo_model(cache_dir: Path | None = None) -> Path:
     """The demo model's folder, built on first use; safe when several processes race."""
-    target = (cache_dir or default_cache_dir()) / f"demo-model-{DEMO_MODEL_VERSION}"
+    target = demo_model_path(cache_dir)
     if (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,7 @@ class ProcessorInfo:
     model_path: str
     max_model_len: int
     dtype: str
+    max_concurrency: int  # requests the engine runs at once; more wait in its queue
     tokenizer: Tokenizer | None = field(default=None, repr=False)
 
 
@@ -106,7 +107,11 @@ class Processor(Protocol):
     async def start(self) -> None: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
-        """Steps for one request, ending with one whose finish_reason is set."""
+        """Steps for one request, ending with one whose finish_reason is set.
+
+        `abort(request_id)` ends the steps with finish_reason "abort"; closing the iterator
+        before its last step aborts the request too (its KV cache is freed at once).
+        """
         ...
 
     async def abort(self, request_id: str) -> None: ...

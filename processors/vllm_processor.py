@@ -66,6 +66,7 @@ class VllmProcessor:
             model_path=self._settings.model_path,
             max_model_len=int(model_config.max_model_len),
             dtype=str(model_config.dtype).removeprefix("torch."),
+            max_concurrency=int(self._engine.vllm_config.scheduler_config.max_num_seqs),
             tokenizer=tokenizer,
         )
 

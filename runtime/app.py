@@ -8,13 +8,16 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from runtime import __version__
+from runtime.admission import Admission, AdmissionMiddleware
 from runtime.api.chatllm import chatllm_router
 from runtime.api.framing import json_response
-from runtime.api.health import LIVENESS_PATHS, READINESS_PATHS, health_router
+from runtime.api.health import health_router, probe_paths
 from runtime.api.openai_chat import openai_chat_router
 from runtime.api.openai_completions import completions_router
 from runtime.auth import TokenAuth
+from runtime.body_limit import BodyLimitMiddleware
 from runtime.errors import (
+    HTTP_STATUS,
     ApiError,
     ErrorKind,
     bad_request,
@@ -23,27 +26,33 @@ from runtime.errors import (
 )
 from runtime.state import ServingState
 
-OPEN_PATHS = (*LIVENESS_PATHS, *READINESS_PATHS)
-
 
 def build_app(state: ServingState) -> FastAPI:
+    """The app; `app.state.admission` counts and gates the requests in flight."""
     app = FastAPI(title="llm-runtime", version=__version__, docs_url=None, redoc_url=None)
+    admission = Admission(state, state.config.lifecycle.max_queue_size)
     app.state.serving = state
+    app.state.admission = admission
     app.include_router(health_router(state))
     app.include_router(openai_chat_router(state))
     app.include_router(completions_router(state))
     app.include_router(chatllm_router(state))
     _add_error_handlers(app)
-    token = state.config.server.token
-    if token:
-        app.add_middleware(TokenAuth, token=token, open_paths=OPEN_PATHS)
+    # Starlette runs the last added middleware first: body limit, then auth, then admission.
+    app.add_middleware(AdmissionMiddleware, admission=admission)
+    server = state.config.server
+    if server.token:
+        liveness, readiness = probe_paths(state)
+        open_paths = () if server.auth_health else (*liveness, *readiness, "/metrics")
+        app.add_middleware(TokenAuth, token=server.token, open_paths=open_paths)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.config.lifecycle.max_body_bytes)
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> Response:
         error = from_exception(exc)
-        headers = {"Retry-After": "1"} if error.status in (429, 503) else None
+        headers = {"Retry-After": "5"} if error.status in (429, 503) else None
         return json_response(error.body(), error.status, headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
@@ -53,8 +62,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         detail = exc.detail if isinstance(exc, HTTPException) else "not found"
-        # Starlette's own 404/405: same JSON shape, its status kept.
-        kind = ErrorKind.NOT_FOUND if status == 404 else ErrorKind.BAD_REQUEST
+        # Starlette's own 404/405 and the body limit's 413: same JSON shape, status kept.
+        kind = next((k for k, code in HTTP_STATUS.items() if code == status), ErrorKind.BAD_REQUEST)
         error = ApiError(kind, f"{request.method} {request.url.path}: {detail}")
         return json_response({"error": {**error.body()["error"], "code": status}}, status)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hmac
 from collections.abc import Collection
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from runtime.asgi import send_error
 from runtime.errors import ApiError, ErrorKind
 
 
@@ -38,20 +38,8 @@ class TokenAuth:
             await self.app(scope, receive, send)
             return
         message = "missing Authorization header" if header is None else "invalid service token"
-        error = ApiError(ErrorKind.UNAUTHORIZED, message)
-        body = orjson.dumps(error.body())
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": message})
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": error.status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        error = ApiError(ErrorKind.UNAUTHORIZED, message)
+        await send_error(send, error, {"WWW-Authenticate": "Bearer"})

@@ -29,6 +29,15 @@ SERVE_FLAGS: dict[str, str] = {
     "--gpu-memory-utilization": "gpu_memory_utilization",
     "--tensor-parallel-size": "tensor_parallel_size",
     "--log-level": "log_level",
+    "--grace-period": "grace_period",
+    "--request-timeout": "request_timeout",
+    "--max-queue-size": "max_queue_size",
+    "--max-body-bytes": "max_body_bytes",
+    "--warm-up": "warm_up_path",
+    "--shm-size": "shm_size_gb",
+    "--shm-policy": "shm_policy",
+    "--readiness-path": "readiness_path",
+    "--liveness-path": "liveness_path",
 }
 
 
@@ -48,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         metavar="KEY=VALUE",
         help="extra engine argument (repeatable); VALUE is parsed as JSON when it can be",
+    )
+    serve.add_argument(
+        "--auth-health",
+        dest="auth_health",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=SETTINGS["auth_health"].help,
     )
     serve.add_argument(
         "--chatllm-stream-default",
@@ -118,7 +134,7 @@ def _check(args: dict[str, Any]) -> int:
     from models.validate import ModelCheckError
     from processors.registry import ProcessorUnavailableError
     from processors.settings import EngineSettings
-    from runtime.serve import check_model
+    from runtime.model_source import check_model
 
     settings = EngineSettings(model_path=args["model"], max_model_len=args["max_model_len"])
     try:

@@ -25,6 +25,7 @@ class ErrorKind(enum.Enum):
     OVERLOADED = "rate_limit_error"
     UNAVAILABLE = "service_unavailable"
     ENGINE_DEAD = "engine_dead"
+    CLIENT_CLOSED = "client_closed_request"
     INTERNAL = "internal_error"
 
 
@@ -37,6 +38,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.OVERLOADED: 429,
     ErrorKind.UNAVAILABLE: 503,
     ErrorKind.ENGINE_DEAD: 503,
+    ErrorKind.CLIENT_CLOSED: 499,  # nginx's code: nobody reads it, the logs and metrics do
     ErrorKind.INTERNAL: 500,
 }
 

@@ -1,14 +1,23 @@
-"""Runs requests on the processor for every API: ids, fan-out over choices, error translation."""
+"""Runs requests on the processor for every API: ids, fan-out over choices, deadlines, aborts.
+
+Every way a request can be cut short (its deadline, the drain period ending, the engine dying)
+is the same mechanism: abort it in the engine with a reason. The engine then ends the request's
+steps with finish_reason "abort", and the reason is raised to the API, which answers it as an
+error (a final error chunk when streaming has started).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
 
 from processors.base import GenerationRequest, Processor, SamplingParams, Step, TokenLogprob
-from runtime.errors import from_exception
+from runtime.errors import ApiError, ErrorKind, from_exception
+
+log = logging.getLogger(__name__)
 
 
 def new_request_id(prefix: str) -> str:
@@ -43,20 +52,66 @@ def usage(choices: Sequence[Choice], num_prompt_tokens: int) -> dict[str, int]:
 
 
 class Generator:
-    """The APIs' one way into the processor."""
+    """The APIs' one way into the processor; knows every request running in it."""
 
-    def __init__(self, processor: Processor) -> None:
+    def __init__(self, processor: Processor, request_timeout: float | None = None) -> None:
         self.processor = processor
+        self.request_timeout = request_timeout
+        self._abort_reasons: dict[str, ApiError | None] = {}  # running request -> why aborted
+        self._pending_aborts: set[asyncio.Task] = set()
+
+    @property
+    def num_running(self) -> int:
+        return len(self._abort_reasons)
 
     async def stream(
         self, request_id: str, prompt_token_ids: Sequence[int], sampling: SamplingParams
     ) -> AsyncGenerator[Step, None]:
         request = GenerationRequest(request_id, prompt_token_ids, sampling)
+        self._abort_reasons[request_id] = None
+        deadline = None
+        if self.request_timeout is not None:
+            timeout = ApiError(
+                ErrorKind.TIMEOUT,
+                f"the request took longer than the request timeout of {self.request_timeout:g} s",
+            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.call_later(self.request_timeout, self.abort, request_id, timeout)
         try:
             async for step in self.processor.generate(request):
+                reason = self._abort_reasons.get(request_id)
+                if step.finish_reason == "abort" and reason is not None:
+                    raise reason
                 yield step
+        except ApiError:
+            raise
         except Exception as exc:
             raise from_exception(exc) from exc
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            self._abort_reasons.pop(request_id, None)
+
+    def abort(self, request_id: str, reason: ApiError) -> None:
+        """Abort a running request in the engine; its stream then raises `reason`."""
+        if request_id not in self._abort_reasons or self._abort_reasons[request_id] is not None:
+            return
+        self._abort_reasons[request_id] = reason
+        task = asyncio.get_running_loop().create_task(self._abort_in_engine(request_id))
+        self._pending_aborts.add(task)  # keep a reference until it has run
+        task.add_done_callback(self._pending_aborts.discard)
+
+    async def _abort_in_engine(self, request_id: str) -> None:
+        try:
+            await self.processor.abort(request_id)
+        except Exception as exc:  # a dead engine cannot abort; its requests end anyway
+            log.debug("abort of %s failed: %s", request_id, exc)
+
+    def abort_all(self, reason: ApiError) -> int:
+        running = list(self._abort_reasons)
+        for request_id in running:
+            self.abort(request_id, reason)
+        return len(running)
 
     def stream_choices(
         self, request_id: str, prompts: Sequence[Sequence[int]], sampling: SamplingParams, n: int
@@ -93,7 +148,7 @@ async def merge_indexed(
         return
     queue: asyncio.Queue[tuple[int, Step | BaseException | None]] = asyncio.Queue()
 
-    async def pump(index: int, stream: AsyncIterator[Step]) -> None:
+    async def pump(index: int, stream: AsyncGenerator[Step, None]) -> None:
         try:
             async for step in stream:
                 await queue.put((index, step))

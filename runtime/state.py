@@ -15,41 +15,56 @@ log = logging.getLogger(__name__)
 
 
 class Phase(enum.Enum):
+    STARTING = "starting"
+    INSTALLING = "installing requirements"
     LOADING = "loading model"
+    WARMING_UP = "warming up"
     READY = "ready"
+    DRAINING = "draining"
     STOPPING = "stopping"
     FAILED = "failed"
+
+
+# Phases in which the model is loaded and requests already admitted are served.
+SERVING_PHASES = (Phase.WARMING_UP, Phase.READY, Phase.DRAINING)
 
 
 class ServingState:
     def __init__(self, config: RuntimeConfig, processor: Processor) -> None:
         self.config = config
         self.processor = processor
-        self.generator = Generator(processor)
-        self.phase = Phase.LOADING
+        self.generator = Generator(processor, config.lifecycle.request_timeout)
+        self.phase = Phase.STARTING
         self._prompts: PromptBuilder | None = None
 
-    async def start(self) -> None:
-        """Load the model; serving begins when this returns."""
+    async def load(self) -> None:
+        """Start the processor; warm-up and readiness follow."""
+        self.phase = Phase.LOADING
         await self.processor.start()
         info = self.processor.info
         if info.tokenizer is not None:
             self._prompts = PromptBuilder(info.tokenizer, info.max_model_len)
-        self.phase = Phase.READY
+        self.phase = Phase.WARMING_UP
         log.info(
-            "ready: model %s (%s, context %d tokens) on the %s processor",
+            "loaded: model %s (%s, context %d tokens) on the %s processor",
             info.model_name,
             info.dtype,
             info.max_model_len,
             info.name,
         )
 
+    async def start(self) -> None:
+        """Load and go straight to ready (no warm-up): for tests and embedding."""
+        await self.load()
+        self.phase = Phase.READY
+
     @property
     def is_ready(self) -> bool:
         return self.phase is Phase.READY
 
     def require_ready(self) -> None:
-        if not self.is_ready:
+        """Routes run only once the model is loaded (admission turns away the rest earlier)."""
+        if self.phase not in SERVING_PHASES:
             raise ApiError(ErrorKind.UNAVAILABLE, f"the service is not ready: {self.phase.value}")
 
     @property

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from runtime.api.disconnect import unless_disconnected
 from runtime.api.framing import json_response, nul_record, nul_response, primed
 from runtime.api.schema import ChatLLMRequest
 from runtime.errors import bad_request, describe_validation_errors, from_exception
@@ -80,7 +81,8 @@ def chatllm_router(state: ServingState) -> APIRouter:
         if streaming:
             steps = state.generator.stream(request_id, prompt_ids, sampling)
             return nul_response(_stream(chat, len(prompt_ids), await primed(steps)))
-        (choice,) = await state.generator.complete(request_id, [prompt_ids], sampling, n=1)
+        work = state.generator.complete(request_id, [prompt_ids], sampling, n=1)
+        (choice,) = await unless_disconnected(request, work)
         return json_response(_answer(chat, choice.text, len(prompt_ids), choice.num_output_tokens))
 
     for path in ("/", f"/api/predict/{state.config.server.service_name}"):

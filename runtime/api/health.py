@@ -12,25 +12,46 @@ LIVENESS_PATHS = ("/health", "/v1/health/live", "/v2/health/live")
 READINESS_PATHS = ("/ready", "/v1/health/ready", "/v2/health/ready")
 
 
+def probe_paths(state: ServingState) -> tuple[list[str], list[str]]:
+    """Liveness and readiness paths, with the ones the deployment renamed them to."""
+    server = state.config.server
+    liveness, readiness = list(LIVENESS_PATHS), list(READINESS_PATHS)
+    if server.liveness_path and server.liveness_path not in liveness:
+        liveness.append(server.liveness_path)
+    if server.readiness_path and server.readiness_path not in readiness:
+        readiness.append(server.readiness_path)
+    return liveness, readiness
+
+
 def health_router(state: ServingState) -> APIRouter:
     router = APIRouter()
 
     async def live() -> Response:
+        """200 while the process and its engine live (loading included); 503 once dead."""
         if state.phase is Phase.FAILED:
-            return json_response({"status": "dead"}, 503)
+            return json_response({"status": "dead", "phase": state.phase.value}, 503)
         try:
             await state.processor.check_health()
         except Exception as exc:
             return json_response({"status": "dead", "reason": str(exc)}, 503)
-        return json_response({"status": "alive", "phase": state.phase.value})
+        body: dict = {"status": "alive", "phase": state.phase.value}
+        if state.phase in (Phase.READY, Phase.DRAINING):
+            stats = state.processor.stats()
+            body.update(
+                num_running=stats.num_running,
+                num_waiting=stats.num_waiting,
+                kv_cache_usage=stats.kv_cache_usage,
+            )
+        return json_response(body)
 
     async def ready() -> Response:
         if state.is_ready:
             return json_response({"status": "ready"})
         return json_response({"status": "not ready", "phase": state.phase.value}, 503)
 
-    for path in LIVENESS_PATHS:
+    liveness, readiness = probe_paths(state)
+    for path in liveness:
         router.add_api_route(path, live, methods=["GET"], summary="liveness")
-    for path in READINESS_PATHS:
+    for path in readiness:
         router.add_api_route(path, ready, methods=["GET"], summary="readiness")
     return router

@@ -6,10 +6,11 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from processors.base import TokenLogprob
+from runtime.api.disconnect import unless_disconnected
 from runtime.api.framing import SSE_DONE, json_response, primed, sse_event, sse_response
 from runtime.api.schema import ChatCompletionRequest, OpenAISampling
 from runtime.errors import ApiError, ErrorKind, from_exception
@@ -46,7 +47,7 @@ def openai_chat_router(state: ServingState) -> APIRouter:
         return json_response({"object": "list", "data": [model]})
 
     @router.post("/chat/completions", summary="OpenAI chat completions")
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         state.require_ready()
         model = check_model(state, body)
         messages = [
@@ -65,7 +66,8 @@ def openai_chat_router(state: ServingState) -> APIRouter:
             steps = state.generator.stream_choices(request_id, [prompt_ids], sampling, body.n)
             events = _stream(head, body, len(prompt_ids), await primed(steps))
             return sse_response(events)
-        choices = await state.generator.complete(request_id, [prompt_ids], sampling, body.n)
+        work = state.generator.complete(request_id, [prompt_ids], sampling, body.n)
+        choices = await unless_disconnected(request, work)
         return json_response(
             {
                 **head,

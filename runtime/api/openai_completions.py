@@ -11,10 +11,11 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from processors.base import TokenLogprob
+from runtime.api.disconnect import unless_disconnected
 from runtime.api.framing import SSE_DONE, json_response, primed, sse_event, sse_response
 from runtime.api.openai_chat import check_model
 from runtime.api.schema import CompletionRequest
@@ -42,7 +43,7 @@ def completions_router(state: ServingState) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     @router.post("/completions", summary="OpenAI / BladeLLM completions")
-    async def completions(body: CompletionRequest) -> Response:
+    async def completions(body: CompletionRequest, request: Request) -> Response:
         state.require_ready()
         model = check_model(state, body)
         prompts = prompt_token_ids(state.prompts, body)
@@ -63,7 +64,8 @@ def completions_router(state: ServingState) -> APIRouter:
         if body.stream:
             steps = state.generator.stream_choices(request_id, prompts, sampling, body.n)
             return sse_response(_stream(head, body, echoes, num_prompt, await primed(steps)))
-        choices = await state.generator.complete(request_id, prompts, sampling, body.n)
+        work = state.generator.complete(request_id, prompts, sampling, body.n)
+        choices = await unless_disconnected(request, work)
         return json_response(
             {
                 **head,

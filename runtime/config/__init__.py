@@ -9,6 +9,7 @@ from runtime.config.service_json import read_service_json
 from runtime.config.settings import (
     SETTINGS,
     ConfigError,
+    LifecycleConfig,
     PrepareConfig,
     RuntimeConfig,
     ServerConfig,
@@ -21,6 +22,7 @@ __all__ = [
     "ENV_PREFIX",
     "SETTINGS",
     "ConfigError",
+    "LifecycleConfig",
     "PrepareConfig",
     "RuntimeConfig",
     "ServerConfig",

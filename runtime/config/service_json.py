@@ -20,7 +20,28 @@ KEY_PATHS: dict[str, tuple[str, ...]] = {
     "port": ("containers.0.port",),
     "python_requirements": ("containers.0.prepare.pythonRequirements",),
     "python_requirements_path": ("containers.0.prepare.pythonRequirementsPath",),
+    "grace_period": ("metadata.eas.termination_grace_period", "runtime.termination_grace_period"),
+    "request_timeout": ("metadata.rpc.keepalive", "rpc.keepalive"),
+    "max_queue_size": ("metadata.rpc.max_queue_size", "rpc.max_queue_size"),
+    "readiness_path": (
+        "metadata.rpc.health_check_path",
+        "rpc.health_check_path",
+        "containers.0.readiness_check.http_get.path",
+        "containers.0.health_check.http_get.path",
+    ),
+    # A startup probe must pass while the model loads, so it gets liveness semantics.
+    "liveness_path": (
+        "containers.0.liveness_check.http_get.path",
+        "containers.0.startup_check.http_get.path",
+    ),
+    "warm_up_path": ("warm_up_data_path",),
+    "shm_size_gb": ("metadata.shm_size",),
 }
+# The platform gives keepalive in milliseconds; the runtime's setting is in seconds.
+CONVERSIONS = {"request_timeout": lambda ms: float(ms) / 1000}
+# Probe timing (delays, periods, thresholds) is the orchestrator's business; only the paths
+# matter here, so a probe whose path was read counts as used whole.
+PROBES = ("readiness_check", "health_check", "liveness_check", "startup_check")
 
 
 def read_service_json(path: str | Path) -> tuple[dict[str, Any], list[str]]:
@@ -41,7 +62,27 @@ def read_service_json(path: str | Path) -> tuple[dict[str, Any], list[str]]:
             found, value = _lookup(document, dotted)
             if found:
                 used.add(dotted)
-                values.setdefault(name, value)
+                values.setdefault(name, CONVERSIONS.get(name, lambda v: v)(value))
+    used |= {
+        f"containers.0.{probe}"
+        for probe in PROBES
+        if any(key.startswith(f"containers.0.{probe}.") for key in used)
+    }
+
+    found, enable_sigterm = _lookup(document, "metadata.rpc.enable_sigterm")
+    if found:
+        used.add("metadata.rpc.enable_sigterm")
+        if enable_sigterm is False:  # the platform will not wait: nothing to drain for
+            values.setdefault("grace_period", 0)
+
+    resources = {}
+    for key in ("cpu", "memory", "gpu"):
+        found, amount = _lookup(document, f"metadata.{key}")
+        if found:
+            used.add(f"metadata.{key}")
+            resources[key] = amount
+    if resources:
+        values["host_resources"] = resources
 
     storage = document.get("storage")
     if isinstance(storage, list):
@@ -49,6 +90,9 @@ def read_service_json(path: str | Path) -> tuple[dict[str, Any], list[str]]:
         for index, entry in enumerate(storage):
             if isinstance(entry, dict) and isinstance(entry.get("mount_path"), str):
                 mounts.append(entry["mount_path"])
+                shm_size = _shm_size_limit(entry)
+                if shm_size is not None:
+                    values.setdefault("shm_size_gb", shm_size)
                 # the source (oss, nfs, ...) is the platform's business: locally it is mounted
                 used.add(f"storage.{index}")
         if mounts:
@@ -61,6 +105,16 @@ def read_service_json(path: str | Path) -> tuple[dict[str, Any], list[str]]:
 
     ignored = [leaf for leaf in _leaves(document) if not _is_under_any(leaf, used)]
     return values, ignored
+
+
+def _shm_size_limit(entry: dict) -> Any:
+    """size_limit (GB) of a storage entry mounting /dev/shm as a memory emptyDir."""
+    empty_dir = entry.get("empty_dir")
+    if entry["mount_path"].rstrip("/") != "/dev/shm" or not isinstance(empty_dir, dict):
+        return None
+    if str(empty_dir.get("medium", "")).lower() != "memory":
+        return None
+    return empty_dir.get("size_limit")
 
 
 def _env_pairs(env: Any, path: str | Path) -> list[tuple[str, str]]:

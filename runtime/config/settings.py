@@ -23,16 +23,29 @@ class ConfigError(Exception):
 class Setting:
     kind: type | str  # int, float, bool, str, or "list" / "dict" / "pairs"
     help: str
+    secret: bool = False  # never echoed, not even in an error about its own value
 
 
 SETTINGS: dict[str, Setting] = {
     # server
     "host": Setting(str, "address to bind"),
     "port": Setting(int, "port to bind"),
-    "token": Setting(str, "service token required in the Authorization header"),
+    "token": Setting(str, "service token required in the Authorization header", secret=True),
     "service_name": Setting(str, "service name, served at /api/predict/<name>"),
     "chatllm_stream_default": Setting(bool, "ChatLLM streams when use_stream_chat is absent"),
     "log_level": Setting(str, "logging level"),
+    "auth_health": Setting(bool, "require the token on health, readiness and metrics routes too"),
+    "readiness_path": Setting(str, "extra path answering readiness (the platform's probe path)"),
+    "liveness_path": Setting(str, "extra path answering liveness"),
+    # lifecycle and limits
+    "grace_period": Setting(float, "seconds to drain in-flight requests after SIGTERM"),
+    "request_timeout": Setting(float, "seconds a request may take before it is aborted (408)"),
+    "max_queue_size": Setting(int, "requests allowed to wait beyond the engine's running set"),
+    "max_body_bytes": Setting(int, "largest request body accepted (413 beyond)"),
+    "warm_up_path": Setting(str, "JSON lines of requests replayed before readiness"),
+    "shm_size_gb": Setting(float, "shared memory (/dev/shm) wanted, in GB"),
+    "shm_policy": Setting(str, "when /dev/shm is too small for tensor parallel: fallback or fail"),
+    "host_resources": Setting("dict", "cpu, memory (MB) and gpu count the deployment asks for"),
     # processor and engine
     "processor": Setting(str, "inference backend: auto or vllm"),
     "model_path": Setting(str, "Hugging Face model folder (default: the built-in demo model)"),
@@ -62,6 +75,21 @@ class ServerConfig:
     service_name: str = "llm"
     chatllm_stream_default: bool = False
     log_level: str = "info"
+    auth_health: bool = False
+    readiness_path: str | None = None
+    liveness_path: str | None = None
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    grace_period: float = 30.0
+    request_timeout: float | None = None
+    max_queue_size: int | None = None  # None: no bound beyond the engine's own
+    max_body_bytes: int = 1 << 20
+    warm_up_path: str | None = None
+    shm_size_gb: float | None = None  # None: derived from tensor_parallel_size
+    shm_policy: str = "fallback"
+    host_resources: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,6 +107,7 @@ class RuntimeConfig:
     # model_path "" stands for the built-in demo model, resolved when serving starts.
     engine: EngineSettings = field(default_factory=lambda: EngineSettings(model_path=""))
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     ignored_keys: tuple[str, ...] = ()
 
     def redacted(self) -> dict[str, Any]:
@@ -124,8 +153,9 @@ def coerce(name: str, value: Any, source: str) -> Any:
             return dict(value)
         if setting.kind == "pairs":
             return tuple((str(k), str(v)) for k, v in value)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where}: {value!r} is not a valid {_kind_name(setting)}") from exc
+    except (ValueError, TypeError):
+        shown = "the value given" if setting.secret else repr(value)
+        raise ConfigError(f"{where}: {shown} is not a valid {_kind_name(setting)}") from None
     raise AssertionError(f"unhandled setting kind {setting.kind!r}")
 
 
@@ -171,6 +201,14 @@ def build_config(layers: list[tuple[str, Mapping[str, Any]]], ignored_keys=()) -
             extra_args=merged.get("engine_args", {}),
         ),
         prepare=PrepareConfig(**{k: merged[k] for k in _fields(PrepareConfig) if k in merged}),
+        lifecycle=LifecycleConfig(
+            **{
+                k: merged[k]
+                for k in _fields(LifecycleConfig)
+                if k in merged and k != "host_resources"
+            },
+            host_resources=tuple(sorted(merged.get("host_resources", {}).items())),
+        ),
         ignored_keys=tuple(ignored_keys),
     )
     _validate(config)
@@ -193,6 +231,7 @@ def _validate(config: RuntimeConfig) -> None:
         raise ConfigError(
             f"log_level must be one of {', '.join(LOG_LEVELS)}, got {server.log_level!r}"
         )
+    _validate_lifecycle(config.lifecycle)
     if engine.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {engine.dtype!r}")
     for name in ("max_model_len", "max_num_seqs"):
@@ -206,3 +245,24 @@ def _validate(config: RuntimeConfig) -> None:
     utilization = engine.gpu_memory_utilization
     if utilization is not None and not 0 < utilization <= 1:
         raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {utilization}")
+
+
+SHM_POLICIES = ("fallback", "fail")
+
+
+def _validate_lifecycle(lifecycle: LifecycleConfig) -> None:
+    if lifecycle.grace_period < 0:
+        raise ConfigError(f"grace_period must be 0 or more seconds, got {lifecycle.grace_period}")
+    if lifecycle.request_timeout is not None and lifecycle.request_timeout <= 0:
+        raise ConfigError(f"request_timeout must be positive, got {lifecycle.request_timeout}")
+    if lifecycle.max_queue_size is not None and lifecycle.max_queue_size < 0:
+        raise ConfigError(f"max_queue_size must be 0 or more, got {lifecycle.max_queue_size}")
+    if lifecycle.max_body_bytes < 1:
+        raise ConfigError(f"max_body_bytes must be positive, got {lifecycle.max_body_bytes}")
+    if lifecycle.shm_policy not in SHM_POLICIES:
+        raise ConfigError(
+            f"shm_policy must be one of {', '.join(SHM_POLICIES)}, got {lifecycle.shm_policy!r}"
+        )
+    for name, value in lifecycle.host_resources:
+        if name not in ("cpu", "memory", "gpu") or value < 0:
+            raise ConfigError(f"host_resources: {name}={value} is not a valid request")

@@ -1,26 +1,25 @@
-"""A processor without an engine, for tests of the HTTP layer: step i says `w<i> `."""
+"""A processor without an engine, for tests of the HTTP layer: step i says `w<i> `.
+
+Like vLLM, an aborted request ends with a step whose finish_reason is "abort".
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 
-from processors.base import (
-    GenerationRequest,
-    ProcessorInfo,
-    ProcessorInputError,
-    ProcessorStats,
-    Step,
-)
+from processors.base import GenerationRequest, ProcessorInfo, ProcessorStats, Step
 
 
 class FakeProcessor:
-    def __init__(self, tokenizer, max_model_len: int = 64) -> None:
+    def __init__(self, tokenizer, max_model_len: int = 64, step_delay: float = 0.0) -> None:
         self.info = ProcessorInfo(
-            "fake", "fake-model", "/nowhere", max_model_len, "float32", tokenizer
+            "fake", "fake-model", "/nowhere", max_model_len, "float32", 4, tokenizer
         )
+        self.step_delay = step_delay
         self.requests: list[GenerationRequest] = []
         self.aborted: list[str] = []
+        self.running: set[str] = set()
         self.fail_with: Exception | None = None
 
     async def start(self) -> None:
@@ -30,11 +29,23 @@ class FakeProcessor:
         self.requests.append(request)
         if self.fail_with is not None:
             raise self.fail_with
+        self.running.add(request.request_id)
+        prompt_len = len(request.prompt_token_ids)
         total = request.sampling.max_tokens
-        for i in range(total):
-            await asyncio.sleep(0)
-            done = "length" if i == total - 1 else None
-            yield Step(f"w{i} ", len(request.prompt_token_ids), i + 1, done)
+        finished = False
+        try:
+            for i in range(total):
+                await asyncio.sleep(self.step_delay)
+                if request.request_id in self.aborted:
+                    finished = True
+                    yield Step("", prompt_len, i, "abort")
+                    return
+                finished = i == total - 1
+                yield Step(f"w{i} ", prompt_len, i + 1, "length" if finished else None)
+        finally:
+            self.running.discard(request.request_id)
+            if not finished:  # closed early, as when a client leaves: the contract aborts
+                self.aborted.append(request.request_id)
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
@@ -43,10 +54,7 @@ class FakeProcessor:
         pass
 
     def stats(self) -> ProcessorStats:
-        return ProcessorStats(0, 0, 0.0)
+        return ProcessorStats(len(self.running), 0, 0.0)
 
     async def shutdown(self) -> None:
         pass
-
-
-__all__ = ["FakeProcessor", "ProcessorInputError"]

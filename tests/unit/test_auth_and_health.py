@@ -40,12 +40,15 @@ def test_not_ready_answers_503_with_retry_after(fake):
 
     from runtime.app import build_app
     from runtime.config import load_config
-    from runtime.state import ServingState
+    from runtime.state import Phase, ServingState
 
-    state = ServingState(load_config({}, environ={}), fake)  # never started: still loading
+    state = ServingState(load_config({}, environ={}), fake)
     client = TestClient(build_app(state))
-    assert client.get("/health").status_code == 200
-    ready = client.get("/ready")
-    assert ready.status_code == 503 and ready.json()["phase"] == "loading model"
-    response = client.post("/v1/completions", json={"prompt": "x"})
-    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    for phase in (Phase.INSTALLING, Phase.LOADING, Phase.WARMING_UP):
+        state.phase = phase
+        assert client.get("/health").status_code == 200
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["phase"] == phase.value
+        response = client.post("/v1/completions", json={"prompt": "x"})
+        assert response.status_code == 503 and response.headers["retry-after"] == "5"
+        assert phase.value in response.json()["error"]["message"]

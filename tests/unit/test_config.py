@@ -46,11 +46,53 @@ def test_service_json_keys_become_settings(tmp_path):
 
 def test_unknown_keys_are_reported_not_fatal(tmp_path):
     config = load_config({}, {}, write_json(tmp_path, SERVICE))
-    assert set(config.ignored_keys) == {
-        "containers.0.image",
-        "metadata.instance",
-        "metadata.rpc.keepalive",
+    assert set(config.ignored_keys) == {"containers.0.image", "metadata.instance"}
+
+
+def test_lifecycle_keys_and_their_units(tmp_path):
+    document = {
+        "metadata": {
+            "rpc": {"keepalive": 60000, "max_queue_size": 8, "health_check_path": "/probe"},
+            "eas": {"termination_grace_period": 45},
+            "shm_size": 4,
+            "cpu": 8,
+            "memory": 32000,
+            "gpu": 1,
+        },
+        "warm_up_data_path": "/data/warm.jsonl",
+        "containers": [{"liveness_check": {"http_get": {"path": "/alive"}, "period_seconds": 5}}],
     }
+    config = load_config({}, {}, write_json(tmp_path, document))
+    lifecycle = config.lifecycle
+    assert lifecycle.request_timeout == 60.0  # keepalive is in milliseconds
+    assert (lifecycle.max_queue_size, lifecycle.grace_period) == (8, 45.0)
+    assert (lifecycle.shm_size_gb, lifecycle.warm_up_path) == (4.0, "/data/warm.jsonl")
+    assert dict(lifecycle.host_resources) == {"cpu": 8, "memory": 32000, "gpu": 1}
+    assert (config.server.readiness_path, config.server.liveness_path) == ("/probe", "/alive")
+    assert config.ignored_keys == ()  # probe timing is the orchestrator's, not ignored
+
+
+def test_lifecycle_aliases(tmp_path):
+    document = {
+        "rpc": {"keepalive": 500, "max_queue_size": 3},
+        "runtime": {"termination_grace_period": 12},
+        "containers": [{"readiness_check": {"http_get": {"path": "/r"}}}],
+        "storage": [
+            {"mount_path": "/dev/shm", "empty_dir": {"medium": "memory", "size_limit": 16}}
+        ],
+    }
+    config = load_config({}, {}, write_json(tmp_path, document))
+    assert config.lifecycle.request_timeout == 0.5
+    assert (config.lifecycle.max_queue_size, config.lifecycle.grace_period) == (3, 12.0)
+    assert config.lifecycle.shm_size_gb == 16.0
+    assert config.server.readiness_path == "/r"
+
+
+def test_disabled_sigterm_means_no_drain_unless_a_grace_is_given(tmp_path):
+    document = {"metadata": {"rpc": {"enable_sigterm": False}}}
+    assert load_config({}, {}, write_json(tmp_path, document)).lifecycle.grace_period == 0
+    document["metadata"]["eas"] = {"termination_grace_period": 20}
+    assert load_config({}, {}, write_json(tmp_path, document)).lifecycle.grace_period == 20
 
 
 def test_metadata_name_is_an_alias_of_name(tmp_path):
@@ -125,6 +167,10 @@ def test_cli_flags_parse_into_settings():
         ({}, {"LLM_RUNTIME_CHATLLM_STREAM_DEFAULT": "maybe"}, "chatllm_stream_default"),
         ({"service_name": "a/b"}, {}, "service_name"),
         ({"log_level": "loud"}, {}, "log_level must be one of"),
+        ({"grace_period": "-1"}, {}, "grace_period"),
+        ({"request_timeout": "0"}, {}, "request_timeout must be positive"),
+        ({"max_body_bytes": "0"}, {}, "max_body_bytes"),
+        ({"shm_policy": "pray"}, {}, "shm_policy must be one of"),
     ],
 )
 def test_bad_values_fail_with_the_setting_named(cli, env, needle):
@@ -150,3 +196,11 @@ def test_redacted_config_hides_the_token():
     config = load_config({"token": "s3cret"}, {})
     assert "s3cret" not in repr(config)
     assert "s3cret" not in str(config.redacted())
+
+
+def test_a_malformed_token_is_not_echoed_in_the_error(tmp_path):
+    document = {"token": {"secret": "hunter2"}}
+    with pytest.raises(ConfigError) as caught:
+        load_config({}, {}, write_json(tmp_path, document))
+    assert "token" in str(caught.value) and "hunter2" not in str(caught.value)
+    assert caught.value.__cause__ is None  # nor in a chained traceback

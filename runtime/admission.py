@@ -1,0 +1,99 @@
+"""Which requests get in: readiness gating, the queue bound (429), and in-flight counting.
+
+Counting happens here, at the HTTP level, so a request counts until its last byte is sent (a
+stream included) and draining can wait for exactly that, for every API family alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from runtime.asgi import send_error
+from runtime.errors import ApiError, ErrorKind
+from runtime.state import Phase, ServingState
+
+# Warm-up requests pass the readiness gate with this header (its value is a per-process secret).
+WARM_UP_HEADER = "x-llm-runtime-warm-up"
+
+
+class Admission:
+    def __init__(self, state: ServingState, max_queue_size: int | None) -> None:
+        self._state = state
+        self._max_queue_size = max_queue_size
+        self.warm_up_key = secrets.token_hex(16)
+        self.num_in_flight = 0
+        self.num_rejected_full = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def limit(self) -> int | None:
+        """Requests allowed in flight: the engine's running set plus the waiting queue."""
+        if self._max_queue_size is None or not self._state.is_ready:
+            return None
+        return self._state.processor.info.max_concurrency + self._max_queue_size
+
+    def refusal(self, is_warm_up: bool) -> tuple[ApiError, dict[str, str]] | None:
+        phase = self._state.phase
+        if phase is not Phase.READY and not (is_warm_up and phase is Phase.WARMING_UP):
+            if phase is Phase.DRAINING:
+                message = "the server is shutting down; retry on another instance"
+            else:
+                message = f"the service is not ready: {phase.value}"
+            return ApiError(ErrorKind.UNAVAILABLE, message), {"Retry-After": "5"}
+        limit = self.limit
+        if limit is not None and self.num_in_flight >= limit:
+            self.num_rejected_full += 1
+            message = f"the server is at its limit of {limit} requests in flight; retry later"
+            return ApiError(ErrorKind.OVERLOADED, message), {"Retry-After": "1"}
+        return None
+
+    def enter(self) -> None:
+        self.num_in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.num_in_flight -= 1
+        if self.num_in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True when nothing is in flight within `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class AdmissionMiddleware:
+    """Gates inference requests (every POST and WebSocket); probes and GETs pass freely."""
+
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        is_inference = scope["type"] == "websocket" or (
+            scope["type"] == "http" and scope["method"] == "POST"
+        )
+        if not is_inference:
+            await self.app(scope, receive, send)
+            return
+        key = self.admission.warm_up_key.encode()
+        is_warm_up = (WARM_UP_HEADER.encode(), key) in scope.get("headers", ())
+        refusal = self.admission.refusal(is_warm_up)
+        if refusal is not None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1013, "reason": refusal[0].message})
+            else:
+                await send_error(send, *refusal)
+            return
+        self.admission.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.leave()

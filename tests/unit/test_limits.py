@@ -1,0 +1,166 @@
+"""Admission (503 / 429), body limit (413), request timeout (408), aborts and probes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from runtime.app import build_app
+from runtime.config import load_config
+from runtime.errors import ApiError, ErrorKind
+from runtime.state import Phase, ServingState
+from tests.unit.conftest import make_client
+from tests.unit.fake_processor import FakeProcessor
+
+
+def started_app(processor, **settings):
+    state = ServingState(load_config(settings, environ={}), processor)
+    asyncio.run(state.start())
+    return state, build_app(state)
+
+
+async def post_all(app, requests):
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        return await asyncio.gather(*(client.post(path, json=body) for path, body in requests))
+
+
+def test_requests_beyond_running_plus_queue_get_429_at_once(demo_tokenizer):
+    fake = FakeProcessor(demo_tokenizer, step_delay=0.01)  # runs 4 at once
+    _, app = started_app(fake, max_queue_size=2)
+    body = {"prompt": "x", "max_new_tokens": 20}
+    responses = asyncio.run(post_all(app, [("/", body)] * 10))
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] * 6 + [429] * 4
+    rejected = next(r for r in responses if r.status_code == 429)
+    assert rejected.headers["retry-after"] == "1"
+    assert "limit of 6 requests" in rejected.json()["error"]["message"]
+    assert app.state.admission.num_in_flight == 0
+
+
+def test_draining_refuses_new_requests_with_503_and_readiness_says_so(fake):
+    client = make_client(fake)
+    client.app.state.serving.phase = Phase.DRAINING
+    response = client.post("/", json={"prompt": "x"})
+    assert response.status_code == 503 and "shutting down" in response.json()["error"]["message"]
+    assert client.get("/ready").json()["phase"] == "draining"
+    assert client.get("/health").status_code == 200
+
+
+def test_body_over_the_limit_is_413_before_parsing(fake):
+    client = make_client(fake, max_body_bytes=100)
+    response = client.post("/v1/completions", content=b"x" * 101)
+    assert response.status_code == 413
+    assert "101 bytes, over the limit of 100" in response.json()["error"]["message"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        yield b'{"prompt": "'
+        yield b"y" * 200
+        yield b'"}'
+
+    response = client.post("/", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert client.post("/", json={"prompt": "ok", "max_new_tokens": 1}).status_code == 200
+
+
+def test_request_timeout_is_408_and_an_error_chunk_once_streaming(demo_tokenizer):
+    fake = FakeProcessor(demo_tokenizer, step_delay=0.02)
+    client = make_client(fake, request_timeout=0.2)
+    response = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 50})
+    assert response.status_code == 408
+    assert "request timeout of 0.2 s" in response.json()["error"]["message"]
+    assert fake.aborted  # the engine was told
+    stream = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 50, "stream": True})
+    events = [json.loads(e[6:]) for e in stream.text.split("\n\n") if e.startswith("data: {")]
+    assert events[0]["choices"][0]["text"] == "w0 "
+    assert events[-1]["error"]["code"] == 408 and events[-1]["error_info"]["code"] == 408
+    assert stream.text.endswith("data: [DONE]\n\n")
+
+
+def test_abort_all_ends_every_stream_with_the_reason(demo_tokenizer):
+    fake = FakeProcessor(demo_tokenizer, step_delay=0.01)
+    state, app = started_app(fake)
+
+    async def scenario():
+        reason = ApiError(ErrorKind.UNAVAILABLE, "shutting down")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            body = {"prompt": "x", "max_new_tokens": 40, "use_stream_chat": True}
+            requests = [asyncio.create_task(client.post("/", json=body)) for _ in range(3)]
+            while state.generator.num_running < 3:
+                await asyncio.sleep(0.01)
+            assert state.generator.abort_all(reason) == 3
+            return await asyncio.gather(*requests)
+
+    for response in asyncio.run(scenario()):
+        records = [json.loads(r) for r in response.content.split(b"\0") if r]
+        assert records[-1] == {
+            "error": {"message": "shutting down", "type": "service_unavailable", "code": 503}
+        }
+        assert all("response" in record for record in records[:-1])  # progress, then the error
+
+
+def test_auth_health_protects_the_probes_too(fake):
+    client = make_client(fake, token="t0k", auth_health=True)
+    assert client.get("/health").status_code == 401
+    assert client.get("/health", headers={"Authorization": "t0k"}).status_code == 200
+    open_client = make_client(fake, token="t0k")
+    assert open_client.get("/ready").status_code == 200
+
+
+def test_renamed_probe_paths_answer_alongside_the_defaults(fake):
+    client = make_client(fake, readiness_path="/eas/ready", liveness_path="/eas/live", token="k")
+    assert client.get("/eas/ready").json() == {"status": "ready"}
+    assert client.get("/eas/live").json()["status"] == "alive"
+    assert client.get("/ready").status_code == 200
+
+
+def test_liveness_reports_engine_load_and_death(fake):
+    client = make_client(fake)
+    body = client.get("/health").json()
+    assert (body["num_running"], body["num_waiting"]) == (0, 0)
+
+    async def dead():
+        raise RuntimeError("engine core exited")
+
+    fake.check_health = dead
+    response = client.get("/health")
+    assert response.status_code == 503 and "engine core exited" in response.json()["reason"]
+
+
+@pytest.mark.parametrize("path", ["/", "/v1/completions"])
+def test_client_disconnect_aborts_a_non_streaming_request(demo_tokenizer, path):
+    fake = FakeProcessor(demo_tokenizer, step_delay=0.05)
+    state, app = started_app(fake)
+    body = {"prompt": "x", "max_tokens": 40, "max_new_tokens": 40}  # 2 s unless aborted
+
+    async def leave_early():
+        messages = iter([{"type": "http.request", "body": json.dumps(body).encode()}])
+
+        async def receive():
+            message = next(messages, None)
+            if message is not None:
+                return message
+            while state.generator.num_running == 0:  # leave once generation is under way
+                await asyncio.sleep(0.01)
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            pass
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "headers": [(b"content-type", b"application/json")],
+            "query_string": b"",
+            "http_version": "1.1",
+        }
+        await app(scope, receive, send)
+
+    asyncio.run(leave_early())
+    assert len(fake.aborted) == 1 and not fake.running
+    assert app.state.admission.num_in_flight == 0
