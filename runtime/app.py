@@ -33,7 +33,7 @@ def build_app(state: ServingState) -> FastAPI:
     admission = Admission(state, state.config.lifecycle.max_queue_size)
     app.state.serving = state
     app.state.admission = admission
-    app.include_router(health_router(state))
+    app.include_router(health_router(state, admission))
     app.include_router(openai_chat_router(state))
     app.include_router(completions_router(state))
     app.include_router(chatllm_router(state))

@@ -219,12 +219,27 @@ class _HttpServer(uvicorn.Server):
 
 
 def _kill_children() -> None:
-    """No child process (engine core, workers) may outlive the runtime."""
-    children = psutil.Process().children(recursive=True)
+    """No child process (engine core, workers) may outlive the runtime.
+
+    multiprocessing's resource tracker is spared: it ignores SIGTERM by design and exits by
+    itself once this process is gone, after removing the shared memory left behind.
+    """
+    children = [
+        child
+        for child in psutil.Process().children(recursive=True)
+        if not _is_resource_tracker(child)
+    ]
     for child in children:
         with contextlib.suppress(psutil.Error):
             child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=5)
+    _, alive = psutil.wait_procs(children, timeout=3)
     for child in alive:
         with contextlib.suppress(psutil.Error):
             child.kill()
+
+
+def _is_resource_tracker(process: psutil.Process) -> bool:
+    try:
+        return "multiprocessing.resource_tracker" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False

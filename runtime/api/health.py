@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from runtime.admission import Admission
 from runtime.api.framing import json_response
 from runtime.state import Phase, ServingState
 
@@ -23,7 +24,7 @@ def probe_paths(state: ServingState) -> tuple[list[str], list[str]]:
     return liveness, readiness
 
 
-def health_router(state: ServingState) -> APIRouter:
+def health_router(state: ServingState, admission: Admission) -> APIRouter:
     router = APIRouter()
 
     async def live() -> Response:
@@ -38,6 +39,7 @@ def health_router(state: ServingState) -> APIRouter:
         if state.phase in (Phase.READY, Phase.DRAINING):
             stats = state.processor.stats()
             body.update(
+                num_in_flight=admission.num_in_flight,
                 num_running=stats.num_running,
                 num_waiting=stats.num_waiting,
                 kv_cache_usage=stats.kv_cache_usage,

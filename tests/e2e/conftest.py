@@ -75,6 +75,46 @@ def stop(process: subprocess.Popen) -> int:
     return process.returncode
 
 
+def start_server(workdir: Path, cache_dir: Path, *args: str) -> Server:
+    """`llm-runtime serve --token TOKEN ARGS` on the demo model and a free port, once ready."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "server.log"
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            runtime_command(
+                "serve", "--host", "127.0.0.1", "--port", str(port), "--token", TOKEN, *args
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "VLLM_CPU_KVCACHE_SPACE": "1",
+                "LLM_RUNTIME_CACHE_DIR": str(cache_dir),
+            },
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process, READY_TIMEOUT_S)
+    except Exception:
+        stop(process)
+        raise RuntimeError(f"server did not start:\n{log_path.read_text()[-5000:]}") from None
+    return Server(url, TOKEN, process, log_path, time.monotonic() - started)
+
+
+def engine_children(server: Server) -> list[psutil.Process]:
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    assert children, "vLLM runs its engine core in child processes"
+    return children
+
+
+def assert_children_gone(children: list[psutil.Process]) -> None:
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"child processes outlived the server: {alive}"
+
+
 @pytest.fixture(scope="session")
 def server(model_cache_dir, demo_model_dir, tmp_path_factory) -> Server:
     workdir = tmp_path_factory.mktemp("server")
@@ -122,12 +162,25 @@ def server(model_cache_dir, demo_model_dir, tmp_path_factory) -> Server:
     server = Server(url, TOKEN, process, log_path, time.monotonic() - started)
     print(f"\nserver ready in {server.seconds_to_ready:.1f} s")
     yield server
-    children = psutil.Process(process.pid).children(recursive=True)
-    assert children, "vLLM runs its engine core in child processes"
+    children = engine_children(server)
     code = stop(process)
     assert code == 0, f"the server exited with {code}:\n{server.log()[-3000:]}"
-    _, alive = psutil.wait_procs(children, timeout=30)
-    assert not alive, f"child processes outlived the server: {alive}"
+    assert_children_gone(children)
+
+
+@pytest.fixture
+def launch(model_cache_dir, demo_model_dir, tmp_path):
+    """Start servers with their own flags; each is stopped (and its children gone) after."""
+    started: list[Server] = []
+
+    def start(*args: str) -> Server:
+        server = start_server(tmp_path / f"server-{len(started)}", model_cache_dir, *args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        stop(server.process)
 
 
 @pytest.fixture(scope="session")

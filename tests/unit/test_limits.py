@@ -120,8 +120,10 @@ def test_renamed_probe_paths_answer_alongside_the_defaults(fake):
 
 def test_liveness_reports_engine_load_and_death(fake):
     client = make_client(fake)
+    client.app.state.admission.enter()
     body = client.get("/health").json()
-    assert (body["num_running"], body["num_waiting"]) == (0, 0)
+    assert (body["num_in_flight"], body["num_running"], body["num_waiting"]) == (1, 0, 0)
+    client.app.state.admission.leave()
 
     async def dead():
         raise RuntimeError("engine core exited")

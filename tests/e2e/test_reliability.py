@@ -1,0 +1,298 @@
+"""What an orchestrator relies on, against the real server and engine: drain on SIGTERM, grace
+expiry, request timeouts, the queue bound, client disconnects, body limits and engine death.
+
+Every loop here is bounded in count and time; all traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.e2e.conftest import Server, assert_children_gone, engine_children
+
+DEADLINE_S = 120
+
+
+def completion_stream(server: Server, max_tokens: int, prompt: str = "Tell me a story") -> dict:
+    """Stream /v1/completions; what arrived: tokens, chunks, a final error, [DONE]."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    result = {"status": None, "tokens": 0, "error": None, "done": False}
+    with requests.post(
+        f"{server.url}/v1/completions",
+        json=body,
+        headers=server.headers(),
+        stream=True,
+        timeout=DEADLINE_S,
+    ) as response:
+        result["status"] = response.status_code
+        if response.status_code != 200:
+            result["error"] = response.json()["error"]
+            return result
+        for line in response.iter_lines():
+            if line == b"data: [DONE]":
+                result["done"] = True
+            elif line.startswith(b"data: "):
+                chunk = json.loads(line[6:])
+                result["tokens"] = chunk["usage"]["completion_tokens"]
+                result["error"] = chunk.get("error_info") or result["error"]
+    return result
+
+
+def chatllm_stream(server: Server, max_tokens: int) -> dict:
+    body = {
+        "prompt": "Hello",
+        "max_new_tokens": max_tokens,
+        "use_stream_chat": True,
+        "do_sample": False,
+    }
+    with requests.post(
+        f"{server.url}/", json=body, headers=server.headers(), stream=True, timeout=DEADLINE_S
+    ) as response:
+        records = [json.loads(r) for r in response.iter_lines(delimiter=b"\0") if r]
+    last = records[-1]
+    return {
+        "status": response.status_code,
+        "error": last.get("error"),
+        "tokens": last.get("usage", {}).get("completion_tokens", 0),
+    }
+
+
+def chat_whole(server: Server, max_tokens: int) -> dict:
+    body = {
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    response = requests.post(
+        f"{server.url}/v1/chat/completions", json=body, headers=server.headers(), timeout=DEADLINE_S
+    )
+    payload = response.json()
+    return {
+        "status": response.status_code,
+        "error": payload.get("error"),
+        "tokens": payload.get("usage", {}).get("completion_tokens", 0),
+    }
+
+
+def in_flight(server: Server) -> int:
+    return requests.get(f"{server.url}/health", timeout=10).json().get("num_in_flight", 0)
+
+
+def engine_load(server: Server) -> tuple[int, int]:
+    body = requests.get(f"{server.url}/health", timeout=10).json()
+    return body.get("num_running", 0), body.get("num_waiting", 0)
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)  # polling a condition with a deadline
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_sigterm_drains_every_kind_of_request_to_completion(launch):
+    server = launch("--grace-period", "90", "--max-num-seqs", "32")
+    children = engine_children(server)
+    kinds = [completion_stream] * 12 + [chatllm_stream] * 6 + [chat_whole] * 6
+    max_tokens = 600
+    with ThreadPoolExecutor(len(kinds)) as pool:
+        futures = [pool.submit(kind, server, max_tokens) for kind in kinds]
+        wait_for(lambda: in_flight(server) == len(kinds), 60, "all requests in flight")
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        wait_for(
+            lambda: requests.get(f"{server.url}/ready", timeout=5).status_code == 503,
+            5,
+            "readiness to turn 503",
+        )
+        refused = requests.post(
+            f"{server.url}/v1/completions",
+            headers=server.headers(),
+            json={"prompt": "late", "max_tokens": 5},
+            timeout=10,
+        )
+        assert refused.status_code == 503
+        assert "shutting down" in refused.json()["error"]["message"]
+        results = [future.result(timeout=DEADLINE_S) for future in futures]
+    code = server.process.wait(timeout=60)
+    print(
+        f"\nSIGTERM with {len(kinds)} requests in flight: "
+        f"{sum(r['tokens'] == max_tokens for r in results)} completed with all {max_tokens} "
+        f"tokens; exit {code} {time.monotonic() - signalled:.1f} s after the signal"
+    )
+    assert [r["status"] for r in results] == [200] * len(kinds)
+    assert [r["error"] for r in results] == [None] * len(kinds)
+    assert [r["tokens"] for r in results] == [max_tokens] * len(kinds)
+    assert code == 0
+    assert_children_gone(children)
+
+
+def test_when_the_grace_period_ends_open_streams_get_a_final_error(launch):
+    server = launch("--grace-period", "1")
+    children = engine_children(server)
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(completion_stream, server, 1900) for _ in range(8)]
+        wait_for(lambda: in_flight(server) == 8, 60, "all streams in flight")
+        server.process.send_signal(signal.SIGTERM)
+        results = [future.result(timeout=DEADLINE_S) for future in futures]
+    assert server.process.wait(timeout=60) == 0
+    for result in results:
+        assert result["tokens"] < 1900
+        assert result["error"]["type"] == "service_unavailable"
+        assert "drain period of 1 s ended" in result["error"]["message"]
+        assert result["done"]  # still a well-formed stream
+    assert_children_gone(children)
+
+
+@pytest.fixture(scope="module")
+def limited(model_cache_dir, demo_model_dir, tmp_path_factory):
+    from tests.e2e.conftest import start_server, stop
+
+    server = start_server(
+        tmp_path_factory.mktemp("limited"),
+        model_cache_dir,
+        "--request-timeout",
+        "1.5",
+        "--max-num-seqs",
+        "4",
+        "--max-queue-size",
+        "2",
+        "--max-body-bytes",
+        "4096",
+    )
+    yield server
+    assert stop(server.process) == 0
+
+
+def test_a_request_past_its_timeout_is_408_and_aborted(limited):
+    started = time.monotonic()
+    response = requests.post(
+        f"{limited.url}/v1/completions",
+        headers=limited.headers(),
+        json={"prompt": "x", "max_tokens": 1900, "temperature": 0},
+        timeout=DEADLINE_S,
+    )
+    assert response.status_code == 408
+    assert "request timeout of 1.5 s" in response.json()["error"]["message"]
+    assert time.monotonic() - started < 10
+    streamed = completion_stream(limited, 1900)
+    assert streamed["error"]["code"] == 408 and streamed["done"]
+    wait_for(lambda: engine_load(limited) == (0, 0), 10, "the engine to be idle")
+
+
+def test_a_burst_beyond_the_queue_gets_only_200_or_429(limited):
+    def one(_):
+        response = requests.post(
+            f"{limited.url}/v1/completions",
+            headers=limited.headers(),
+            json={"prompt": "burst", "max_tokens": 150},
+            timeout=DEADLINE_S,
+        )
+        return response.status_code, response.headers.get("retry-after")
+
+    with ThreadPoolExecutor(30) as pool:
+        outcomes = list(pool.map(one, range(30)))
+    codes = [code for code, _ in outcomes]
+    print(
+        f"\nburst of 30 against 4 running + 2 queued: {codes.count(200)} x 200, "
+        f"{codes.count(429)} x 429"
+    )
+    assert set(codes) == {200, 429}
+    assert all(retry == "1" for code, retry in outcomes if code == 429)
+    assert requests.get(f"{limited.url}/ready", timeout=5).status_code == 200
+
+
+def test_clients_that_leave_free_the_engine_at_once(server):
+    body = {"prompt": "leave", "max_tokens": 1500, "stream": True}
+    streams = []
+    for _ in range(16):
+        response = requests.post(
+            f"{server.url}/v1/completions",
+            json=body,
+            headers=server.headers(),
+            stream=True,
+            timeout=DEADLINE_S,
+        )
+        lines = response.iter_lines()  # kept: dropping it would close the connection now
+        next(lines)
+        streams.append((response, lines))
+    assert in_flight(server) == 16
+    assert sum(engine_load(server)) > 0
+    left = time.monotonic()
+    for response, _ in streams:
+        response.close()
+    wait_for(lambda: engine_load(server) == (0, 0), 10, "the engine to be idle")
+    print(
+        f"\n16 streams closed by their clients: engine idle after "
+        f"{(time.monotonic() - left) * 1000:.0f} ms"
+    )
+    wait_for(lambda: in_flight(server) == 0, 10, "nothing in flight")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "code"),
+    [
+        ("post", "/v1/completions", {"data": b"x" * 5000}, 413),
+        (
+            "post",
+            "/v1/completions",
+            {"data": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+        ),
+        ("post", "/v1/completions", {"json": {"prompt": "x", "max_tokens": "many"}}, 400),
+        ("post", "/v1/completions", {"json": {"prompt": "x", "max_tokens": 99999}}, 400),
+        ("post", "/v1/completions", {"json": {"prompt": "x", "top_p": 0}}, 400),
+        ("post", "/v1/completions", {"json": {"prompt": [99999]}}, 400),
+        ("post", "/v1/chat/completions", {"json": {"messages": "hi"}}, 400),
+        (
+            "post",
+            "/v1/chat/completions",
+            {"json": {"model": "nope", "messages": [{"role": "user", "content": "x"}]}},
+            404,
+        ),
+        ("post", "/", {"json": {"prompt": "x", "history": "none"}}, 400),
+        ("post", "/", {"data": "é".encode("latin-1")}, 400),
+        ("get", "/v1/completions", {}, 405),
+        ("get", "/no/such/route", {}, 404),
+    ],
+)
+def test_bad_input_gets_its_code_never_a_500(limited, method, path, kwargs, code):
+    headers = {**limited.headers(), **kwargs.pop("headers", {})}
+    response = getattr(requests, method)(
+        f"{limited.url}{path}", headers=headers, timeout=30, **kwargs
+    )
+    assert response.status_code == code, response.text
+    assert response.json()["error"]["code"] == code
+
+
+def test_a_dead_engine_fails_liveness_and_exits_non_zero(launch):
+    server = launch()
+    children = engine_children(server)
+    core = next(c for c in children if "EngineCore" in c.name() + " ".join(c.cmdline()))
+    results: list[dict] = []
+    reader = threading.Thread(target=lambda: results.append(completion_stream(server, 1900)))
+    reader.start()
+    wait_for(lambda: engine_load(server)[0] == 1, 30, "the stream to run")
+    core.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(
+        lambda: requests.get(f"{server.url}/health", timeout=5).status_code == 503,
+        10,
+        "liveness to turn 503",
+    )
+    code = server.process.wait(timeout=10)
+    reader.join(timeout=30)
+    print(f"\nengine core killed: exit {code} after {time.monotonic() - killed:.1f} s")
+    assert code != 0
+    assert results and results[0]["error"] is not None and results[0]["tokens"] < 1900
+    assert_children_gone(children)
