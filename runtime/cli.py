@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: dict[str, Any]) -> int:
-    from models.validate import ModelCheckError
     from processors.registry import ProcessorUnavailableError
-    from runtime.prepare import PrepareError
     from runtime.serve import serve
 
     service_json = args.pop("config", None)
@@ -125,7 +123,7 @@ def _serve(args: dict[str, Any]) -> int:
     config = load_config(args, os.environ, service_json)
     try:
         return serve(config)
-    except (ModelCheckError, PrepareError, ProcessorUnavailableError) as exc:
+    except ProcessorUnavailableError as exc:  # later start-up errors are the lifecycle's
         log.error("cannot serve: %s", exc)
         return 2
 

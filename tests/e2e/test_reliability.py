@@ -7,11 +7,14 @@ Every loop here is bounded in count and time; all traffic stays on loopback.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 import requests
 
@@ -158,9 +161,19 @@ def test_when_the_grace_period_ends_open_streams_get_a_final_error(launch):
 def limited(model_cache_dir, demo_model_dir, tmp_path_factory):
     from tests.e2e.conftest import start_server, stop
 
+    workdir = tmp_path_factory.mktemp("limited")
+    warm_up = workdir / "warm-up.jsonl"
+    warm_up.write_text(
+        json.dumps({"prompt": "warm", "max_tokens": 4})
+        + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        + "\n"
+    )
     server = start_server(
-        tmp_path_factory.mktemp("limited"),
+        workdir,
         model_cache_dir,
+        "--warm-up",
+        str(warm_up),
         "--request-timeout",
         "1.5",
         "--max-num-seqs",
@@ -172,6 +185,12 @@ def limited(model_cache_dir, demo_model_dir, tmp_path_factory):
     )
     yield server
     assert stop(server.process) == 0
+
+
+def test_warm_up_requests_ran_before_readiness(limited):
+    log = limited.log()
+    assert "warm-up: 2 requests replayed" in log
+    assert log.index("warm-up: 2 requests replayed") < log.index("ready on port")
 
 
 def test_a_request_past_its_timeout_is_408_and_aborted(limited):
@@ -295,4 +314,41 @@ def test_a_dead_engine_fails_liveness_and_exits_non_zero(launch):
     print(f"\nengine core killed: exit {code} after {time.monotonic() - killed:.1f} s")
     assert code != 0
     assert results and results[0]["error"] is not None and results[0]["tokens"] < 1900
+    assert_children_gone(children)
+
+
+def test_sigterm_while_loading_stops_and_a_second_one_exits_at_once(model_cache_dir, tmp_path):
+    from tests.e2e.conftest import free_port, runtime_command
+
+    port = free_port()
+    with (tmp_path / "server.log").open("w") as log:
+        process = subprocess.Popen(
+            runtime_command("serve", "--host", "127.0.0.1", "--port", str(port)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={
+                **os.environ,
+                "VLLM_CPU_KVCACHE_SPACE": "1",
+                "LLM_RUNTIME_CACHE_DIR": str(model_cache_dir),
+            },
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def loading() -> bool:
+        try:
+            ready = requests.get(f"{url}/ready", timeout=5)
+        except requests.ConnectionError:
+            return False
+        return ready.status_code == 503 and ready.json()["phase"] == "loading model"
+
+    wait_for(loading, 60, "the model to be loading, with the port already answering")
+    assert requests.get(f"{url}/health", timeout=5).status_code == 200
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    code = process.wait(timeout=15)
+    print(f"\ntwo SIGTERMs while loading: exit {code} after {time.monotonic() - signalled:.1f} s")
+    assert code in (0, 128 + signal.SIGTERM)
     assert_children_gone(children)
