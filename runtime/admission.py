@@ -25,7 +25,6 @@ class Admission:
         self._max_queue_size = max_queue_size
         self.warm_up_key = secrets.token_hex(16)
         self.num_in_flight = 0
-        self.num_rejected_full = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -46,7 +45,6 @@ class Admission:
             return ApiError(ErrorKind.UNAVAILABLE, message), {"Retry-After": "5"}
         limit = self.limit
         if limit is not None and self.num_in_flight >= limit:
-            self.num_rejected_full += 1
             message = f"the server is at its limit of {limit} requests in flight; retry later"
             return ApiError(ErrorKind.OVERLOADED, message), {"Retry-After": "1"}
         return None

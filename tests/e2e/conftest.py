@@ -75,24 +75,17 @@ def stop(process: subprocess.Popen) -> int:
     return process.returncode
 
 
-def start_server(workdir: Path, cache_dir: Path, *args: str) -> Server:
-    """`llm-runtime serve --token TOKEN ARGS` on the demo model and a free port, once ready."""
-    port = free_port()
+def spawn_server(workdir: Path, port: int, args: list[str], env: dict[str, str]) -> Server:
+    """`llm-runtime serve ARGS` with the given environment, once it is ready."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "server.log"
     started = time.monotonic()
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            runtime_command(
-                "serve", "--host", "127.0.0.1", "--port", str(port), "--token", TOKEN, *args
-            ),
+            runtime_command("serve", "--host", "127.0.0.1", *args),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "VLLM_CPU_KVCACHE_SPACE": "1",
-                "LLM_RUNTIME_CACHE_DIR": str(cache_dir),
-            },
+            env=env,
             start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
@@ -102,6 +95,13 @@ def start_server(workdir: Path, cache_dir: Path, *args: str) -> Server:
         stop(process)
         raise RuntimeError(f"server did not start:\n{log_path.read_text()[-5000:]}") from None
     return Server(url, TOKEN, process, log_path, time.monotonic() - started)
+
+
+def start_server(workdir: Path, cache_dir: Path, *args: str) -> Server:
+    """`llm-runtime serve --token TOKEN ARGS` on the demo model and a free port, once ready."""
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "LLM_RUNTIME_CACHE_DIR": str(cache_dir)}
+    return spawn_server(workdir, port, ["--port", str(port), "--token", TOKEN, *args], env)
 
 
 def engine_children(server: Server) -> list[psutil.Process]:
@@ -135,35 +135,12 @@ def server(model_cache_dir, demo_model_dir, tmp_path_factory) -> Server:
     (workdir / "service.json").write_text(json.dumps(service))
     env = {**os.environ, "LLM_RUNTIME_CACHE_DIR": str(model_cache_dir)}
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the service JSON's env must provide it
-    log_path = workdir / "server.log"
-    started = time.monotonic()
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            runtime_command(
-                "serve",
-                "--config",
-                str(workdir / "service.json"),
-                "--host",
-                "127.0.0.1",
-                "--max-num-seqs",
-                "32",
-            ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(url, process, READY_TIMEOUT_S)
-    except Exception:
-        stop(process)
-        raise RuntimeError(f"server did not start:\n{log_path.read_text()[-5000:]}") from None
-    server = Server(url, TOKEN, process, log_path, time.monotonic() - started)
+    args = ["--config", str(workdir / "service.json"), "--max-num-seqs", "32"]
+    server = spawn_server(workdir, port, args, env)
     print(f"\nserver ready in {server.seconds_to_ready:.1f} s")
     yield server
     children = engine_children(server)
-    code = stop(process)
+    code = stop(server.process)
     assert code == 0, f"the server exited with {code}:\n{server.log()[-3000:]}"
     assert_children_gone(children)
 
