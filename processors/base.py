@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -123,3 +123,10 @@ class Processor(Protocol):
     def stats(self) -> ProcessorStats: ...
 
     async def shutdown(self) -> None: ...
+
+
+@runtime_checkable
+class RawProcessor(Protocol):
+    """A processor that answers raw request bodies (the platform's custom processors)."""
+
+    async def process(self, body: bytes) -> tuple[bytes, int]: ...

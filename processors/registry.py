@@ -6,9 +6,9 @@ import importlib.util
 from collections.abc import Callable
 
 from processors.base import Processor
-from processors.settings import EngineSettings
+from processors.settings import CustomSettings, EngineSettings
 
-PROCESSOR_NAMES = ("auto", "vllm")
+PROCESSOR_NAMES = ("auto", "vllm", "custom")
 
 
 class ProcessorUnavailableError(Exception):
@@ -31,12 +31,24 @@ def resolve_processor_name(name: str) -> str:
     return name
 
 
-def create_processor(name: str, settings: EngineSettings) -> Processor:
-    if resolve_processor_name(name) == "vllm":
+def create_processor(
+    name: str, settings: EngineSettings, custom: CustomSettings | None = None
+) -> Processor:
+    resolved = resolve_processor_name(name)
+    if resolved == "vllm":
         from processors.vllm_processor import VllmProcessor
 
         return VllmProcessor(settings)
+    if resolved == "custom":
+        from processors.custom_processor import CustomProcessor
+
+        return CustomProcessor(settings, custom or CustomSettings())
     raise ProcessorUnavailableError(f"no processor named {name!r}")
+
+
+def serves_models(name: str) -> bool:
+    """Whether the processor loads a Hugging Face model folder (custom ones bring their own)."""
+    return resolve_processor_name(name) != "custom"
 
 
 def architectures_for(name: str) -> Callable[[], set[str]]:

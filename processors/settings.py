@@ -18,3 +18,15 @@ class EngineSettings:
     tensor_parallel_size: int = 1
     # Engine-specific pass-through (`--engine-arg KEY=VALUE`), checked by the processor.
     extra_args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CustomSettings:
+    """Where a user's processor (the platform's Python processor API) is, and how it runs."""
+
+    entry: str | None = None  # the file, e.g. app.py
+    path: str | None = None  # the folder the entry is relative to
+    mainclass: str | None = None  # the BaseProcessor subclass; found when there is one
+    model_entry: str | None = None
+    model_config: str | None = None
+    worker_threads: int | None = None  # calls of process() at once

@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from processors.base import RawProcessor
 from runtime import __version__
 from runtime.admission import Admission, AdmissionMiddleware
 from runtime.api.chatllm import chatllm_router
@@ -14,6 +15,7 @@ from runtime.api.framing import json_response
 from runtime.api.health import health_router, probe_paths
 from runtime.api.openai_chat import openai_chat_router
 from runtime.api.openai_completions import completions_router
+from runtime.api.raw import raw_router
 from runtime.auth import TokenAuth
 from runtime.body_limit import BodyLimitMiddleware
 from runtime.errors import (
@@ -36,7 +38,10 @@ def build_app(state: ServingState) -> FastAPI:
     app.include_router(health_router(state, admission))
     app.include_router(openai_chat_router(state))
     app.include_router(completions_router(state))
-    app.include_router(chatllm_router(state))
+    if isinstance(state.processor, RawProcessor):  # a custom processor owns the platform routes
+        app.include_router(raw_router(state, state.processor))
+    else:
+        app.include_router(chatllm_router(state))
     _add_error_handlers(app)
     # Starlette runs the last added middleware first: body limit, then auth, then admission.
     app.add_middleware(AdmissionMiddleware, admission=admission)

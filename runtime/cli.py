@@ -38,6 +38,12 @@ SERVE_FLAGS: dict[str, str] = {
     "--shm-policy": "shm_policy",
     "--readiness-path": "readiness_path",
     "--liveness-path": "liveness_path",
+    "--processor-entry": "processor_entry",
+    "--processor-path": "processor_path",
+    "--processor-mainclass": "processor_mainclass",
+    "--model-entry": "model_entry",
+    "--model-config": "model_config",
+    "--worker-threads": "worker_threads",
 }
 
 
@@ -113,14 +119,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _load_serve_config(args: dict[str, Any]):  # -> RuntimeConfig
+    service_json = args.pop("config", None)
+    if "engine_args" in args:
+        args["engine_args"] = parse_engine_args(args["engine_args"])
+    return load_config(args, os.environ, service_json)
+
+
+def serve_processor(user: Any) -> int:
+    """Serve an allspark processor object, for a file run directly (`python app.py --port N`);
+    the command line takes `serve`'s flags."""
+    from processors.custom_processor import CustomProcessor
+    from runtime.model_source import resolve_model
+    from runtime.serve import serve
+
+    _setup_logging()
+    args = vars(build_parser().parse_args(["serve", *sys.argv[1:]]))
+    args.pop("command")
+    try:
+        config = _load_serve_config({**args, "processor": "custom"})
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    if config.custom.worker_threads:
+        user.worker_threads = config.custom.worker_threads
+    return serve(config, CustomProcessor.for_instance(user, resolve_model(config)))
+
+
 def _serve(args: dict[str, Any]) -> int:
     from processors.registry import ProcessorUnavailableError
     from runtime.serve import serve
 
-    service_json = args.pop("config", None)
-    if "engine_args" in args:
-        args["engine_args"] = parse_engine_args(args["engine_args"])
-    config = load_config(args, os.environ, service_json)
+    config = _load_serve_config(args)
     try:
         return serve(config)
     except ProcessorUnavailableError as exc:  # later start-up errors are the lifecycle's

@@ -21,7 +21,9 @@ import uvicorn
 
 from models.demo import ensure_demo_model
 from models.validate import ModelCheckError
-from processors.registry import create_processor
+from processors.base import Processor
+from processors.custom_processor import CustomProcessorError
+from processors.registry import create_processor, serves_models
 from runtime.admission import Admission
 from runtime.app import build_app
 from runtime.config import RuntimeConfig
@@ -45,10 +47,11 @@ ENGINE_SHUTDOWN_TIMEOUT_S = 30.0
 
 
 class Lifecycle:
-    def __init__(self, config: RuntimeConfig) -> None:
+    def __init__(self, config: RuntimeConfig, processor: Processor | None = None) -> None:
         self.config = config
         self.engine = resolve_model(config)
-        self.state = ServingState(config, create_processor(config.processor, self.engine))
+        processor = processor or create_processor(config.processor, self.engine, config.custom)
+        self.state = ServingState(config, processor)
         self.app = build_app(self.state)
         self.admission: Admission = self.app.state.admission
         self.server = _HttpServer(
@@ -92,7 +95,7 @@ class Lifecycle:
             await self._warm_up()
         except asyncio.CancelledError:
             raise
-        except (PrepareError, ModelCheckError, ValueError) as exc:
+        except (PrepareError, ModelCheckError, CustomProcessorError, ValueError) as exc:
             self._fail(f"cannot start: {exc}", EXIT_START_ERROR)
             return
         except Exception as exc:
@@ -124,10 +127,11 @@ class Lifecycle:
 
     async def _load(self) -> None:
         self.state.phase = Phase.LOADING
-        if not self.config.engine.model_path:
-            await asyncio.to_thread(ensure_demo_model)
-        report = await asyncio.to_thread(check_model, self.config.processor, self.engine)
-        log.info("model check passed:\n%s", report.describe())
+        if serves_models(self.config.processor):
+            if not self.config.engine.model_path:
+                await asyncio.to_thread(ensure_demo_model)
+            report = await asyncio.to_thread(check_model, self.config.processor, self.engine)
+            log.info("model check passed:\n%s", report.describe())
         await self.state.load()
 
     async def _warm_up(self) -> None:

@@ -45,13 +45,8 @@ class ServingState:
         if info.tokenizer is not None:
             self._prompts = PromptBuilder(info.tokenizer, info.max_model_len)
         self.phase = Phase.WARMING_UP
-        log.info(
-            "loaded: model %s (%s, context %d tokens) on the %s processor",
-            info.model_name,
-            info.dtype,
-            info.max_model_len,
-            info.name,
-        )
+        details = f" ({info.dtype}, context {info.max_model_len} tokens)" if info.tokenizer else ""
+        log.info("loaded %s%s on the %s processor", info.model_name, details, info.name)
 
     async def start(self) -> None:
         """Load and go straight to ready (no warm-up): for tests and embedding."""
@@ -77,6 +72,8 @@ class ServingState:
         self.require_ready()
         if self._prompts is None:
             raise ApiError(
-                ErrorKind.BAD_REQUEST, "this processor has no tokenizer; send raw bodies"
+                ErrorKind.BAD_REQUEST,
+                "this service runs a custom processor: send the request body to POST / or "
+                f"/api/predict/{self.config.server.service_name}",
             )
         return self._prompts

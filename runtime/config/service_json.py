@@ -36,9 +36,19 @@ KEY_PATHS: dict[str, tuple[str, ...]] = {
     ),
     "warm_up_path": ("warm_up_data_path",),
     "shm_size_gb": ("metadata.shm_size",),
+    "processor_entry": ("processor_entry",),
+    "processor_path": ("processor_path",),
+    "processor_mainclass": ("processor_mainclass",),
+    "model_entry": ("model_entry",),
+    "model_config": ("model_config",),
+    "worker_threads": ("metadata.rpc.worker_threads", "rpc.worker_threads", "metadata.workers"),
 }
 # The platform gives keepalive in milliseconds; the runtime's setting is in seconds.
-CONVERSIONS = {"request_timeout": lambda ms: float(ms) / 1000}
+CONVERSIONS = {
+    "request_timeout": lambda ms: float(ms) / 1000,
+    # The platform allows model_config as a JSON object; the processor receives it as text.
+    "model_config": lambda value: value if isinstance(value, str) else json.dumps(value),
+}
 # Probe timing (delays, periods, thresholds) is the orchestrator's business; only the paths
 # matter here, so a probe whose path was read counts as used whole.
 PROBES = ("readiness_check", "health_check", "liveness_check", "startup_check")
@@ -68,6 +78,11 @@ def read_service_json(path: str | Path) -> tuple[dict[str, Any], list[str]]:
         for probe in PROBES
         if any(key.startswith(f"containers.0.{probe}.") for key in used)
     }
+
+    found, processor_type = _lookup(document, "processor_type")
+    if found and str(processor_type).lower() == "python":
+        used.add("processor_type")
+        values["processor"] = "custom"
 
     found, enable_sigterm = _lookup(document, "metadata.rpc.enable_sigterm")
     if found:

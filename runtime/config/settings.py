@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.settings import EngineSettings
+from processors.settings import CustomSettings, EngineSettings
 
 
 class ConfigError(Exception):
@@ -56,6 +56,13 @@ SETTINGS: dict[str, Setting] = {
     "gpu_memory_utilization": Setting(float, "share of GPU memory the engine may use"),
     "tensor_parallel_size": Setting(int, "GPUs one model is split over"),
     "engine_args": Setting("dict", "extra engine arguments KEY=VALUE"),
+    # custom processors (the platform's Python processor API)
+    "processor_entry": Setting(str, "the custom processor's file, e.g. app.py"),
+    "processor_path": Setting(str, "the folder processor_entry is in"),
+    "processor_mainclass": Setting(str, "the allspark.BaseProcessor subclass to serve"),
+    "model_entry": Setting(str, "model entry handed to the custom processor"),
+    "model_config": Setting(str, "model config handed to the custom processor"),
+    "worker_threads": Setting(int, "calls of the custom processor's process() at once"),
     # preparation before the model loads
     "python_requirements": Setting("list", "pip requirements installed before loading"),
     "python_requirements_path": Setting(str, "requirements file installed before loading"),
@@ -108,6 +115,7 @@ class RuntimeConfig:
     engine: EngineSettings = field(default_factory=lambda: EngineSettings(model_path=""))
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    custom: CustomSettings = field(default_factory=CustomSettings)
     ignored_keys: tuple[str, ...] = ()
 
     def redacted(self) -> dict[str, Any]:
@@ -189,7 +197,8 @@ def build_config(layers: list[tuple[str, Mapping[str, Any]]], ignored_keys=()) -
         server=ServerConfig(
             **{k: merged[k] for k in _fields(ServerConfig) if k in merged},
         ),
-        processor=merged.get("processor", "auto"),
+        # A processor entry given with no processor named means a custom processor.
+        processor=merged.get("processor", "custom" if merged.get("processor_entry") else "auto"),
         engine=EngineSettings(
             model_path=merged.get("model_path", ""),
             served_model_name=merged.get("served_model_name"),
@@ -208,6 +217,14 @@ def build_config(layers: list[tuple[str, Mapping[str, Any]]], ignored_keys=()) -
                 if k in merged and k != "host_resources"
             },
             host_resources=tuple(sorted(merged.get("host_resources", {}).items())),
+        ),
+        custom=CustomSettings(
+            entry=merged.get("processor_entry"),
+            path=merged.get("processor_path"),
+            mainclass=merged.get("processor_mainclass"),
+            model_entry=merged.get("model_entry"),
+            model_config=merged.get("model_config"),
+            worker_threads=merged.get("worker_threads"),
         ),
         ignored_keys=tuple(ignored_keys),
     )
@@ -232,6 +249,9 @@ def _validate(config: RuntimeConfig) -> None:
             f"log_level must be one of {', '.join(LOG_LEVELS)}, got {server.log_level!r}"
         )
     _validate_lifecycle(config.lifecycle)
+    threads = config.custom.worker_threads
+    if threads is not None and threads < 1:
+        raise ConfigError(f"worker_threads must be at least 1, got {threads}")
     if engine.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {engine.dtype!r}")
     for name in ("max_model_len", "max_num_seqs"):
