@@ -63,7 +63,8 @@ class CustomProcessor:
         return self._info
 
     async def start(self) -> None:
-        user = self._user or self._load_user_class()
+        # Importing the user's file can take seconds (torch, transformers): not on the loop.
+        user = self._user or await asyncio.to_thread(self._load_user_class)
         user.model_path = self._engine.model_path or user.model_path
         user.model_entry = self._custom.model_entry or user.model_entry
         user.model_config = self._custom.model_config or user.model_config

@@ -58,7 +58,7 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> Non
         try:
             if requests.get(f"{url}/ready", timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             pass
         time.sleep(0.5)  # polling a condition with a deadline, not a sleep as synchronisation
     raise TimeoutError(f"the server was not ready within {timeout} s")
