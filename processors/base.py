@@ -68,6 +68,8 @@ class Tokenizer(Protocol):
 
     chat_template: Any
 
+    def __len__(self) -> int: ...  # vocabulary size, special tokens included
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...

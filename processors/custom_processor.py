@@ -64,7 +64,9 @@ class CustomProcessor:
 
     async def start(self) -> None:
         # Importing the user's file can take seconds (torch, transformers): not on the loop.
-        user = self._user or await asyncio.to_thread(self._load_user_class)
+        user = self._user
+        if user is None:
+            user = await asyncio.to_thread(self._load_user_class)
         user.model_path = self._engine.model_path or user.model_path
         user.model_entry = self._custom.model_entry or user.model_entry
         user.model_config = self._custom.model_config or user.model_config

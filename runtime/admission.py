@@ -42,9 +42,11 @@ class Admission:
                 message = "the server is shutting down; retry on another instance"
             else:
                 message = f"the service is not ready: {phase.value}"
+            self._state.metrics.rejections.labels("not_ready").inc()
             return ApiError(ErrorKind.UNAVAILABLE, message), {"Retry-After": "5"}
         limit = self.limit
         if limit is not None and self.num_in_flight >= limit:
+            self._state.metrics.rejections.labels("queue_full").inc()
             message = f"the server is at its limit of {limit} requests in flight; retry later"
             return ApiError(ErrorKind.OVERLOADED, message), {"Retry-After": "1"}
         return None

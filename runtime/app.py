@@ -13,6 +13,7 @@ from runtime.admission import Admission, AdmissionMiddleware
 from runtime.api.chatllm import chatllm_router
 from runtime.api.framing import json_response
 from runtime.api.health import health_router, probe_paths
+from runtime.api.introspection import introspection_router
 from runtime.api.openai_chat import openai_chat_router
 from runtime.api.openai_completions import completions_router
 from runtime.api.raw import raw_router
@@ -26,6 +27,7 @@ from runtime.errors import (
     describe_validation_errors,
     from_exception,
 )
+from runtime.metrics import HttpMetricsMiddleware
 from runtime.state import ServingState
 
 
@@ -36,6 +38,7 @@ def build_app(state: ServingState) -> FastAPI:
     app.state.serving = state
     app.state.admission = admission
     app.include_router(health_router(state, admission))
+    app.include_router(introspection_router(state, admission))
     app.include_router(openai_chat_router(state))
     app.include_router(completions_router(state))
     if isinstance(state.processor, RawProcessor):  # a custom processor owns the platform routes
@@ -43,7 +46,8 @@ def build_app(state: ServingState) -> FastAPI:
     else:
         app.include_router(chatllm_router(state))
     _add_error_handlers(app)
-    # Starlette runs the last added middleware first: body limit, then auth, then admission.
+    # Starlette runs the last added middleware first: HTTP metrics (which see every answer),
+    # body limit, auth, then admission.
     app.add_middleware(AdmissionMiddleware, admission=admission)
     server = state.config.server
     if server.token:
@@ -51,6 +55,8 @@ def build_app(state: ServingState) -> FastAPI:
         open_paths = () if server.auth_health else (*liveness, *readiness, "/metrics")
         app.add_middleware(TokenAuth, token=server.token, open_paths=open_paths)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.config.lifecycle.max_body_bytes)
+    routes = {getattr(route, "path", "") for route in app.routes}
+    app.add_middleware(HttpMetricsMiddleware, metrics=state.metrics, routes=lambda: routes)
     return app
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from processors.base import GenerationRequest, Processor, SamplingParams, Step, TokenLogprob
 from runtime.errors import ApiError, ErrorKind, from_exception
+from runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,15 @@ def usage(choices: Sequence[Choice], num_prompt_tokens: int) -> dict[str, int]:
 class Generator:
     """The APIs' one way into the processor; knows every request running in it."""
 
-    def __init__(self, processor: Processor, request_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        processor: Processor,
+        request_timeout: float | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.processor = processor
         self.request_timeout = request_timeout
+        self.metrics = metrics or Metrics()
         self._abort_reasons: dict[str, ApiError | None] = {}  # running request -> why aborted
         self._pending_aborts: set[asyncio.Task] = set()
 
@@ -77,17 +84,30 @@ class Generator:
             )
             loop = asyncio.get_running_loop()
             deadline = loop.call_later(self.request_timeout, self.abort, request_id, timeout)
+        timer = self.metrics.request()
+        num_output_tokens, finished = 0, False
         try:
             async for step in self.processor.generate(request):
                 reason = self._abort_reasons.get(request_id)
                 if step.finish_reason == "abort" and reason is not None:
+                    if reason.kind is ErrorKind.TIMEOUT:
+                        self.metrics.timeouts.inc()
                     raise reason
+                timer.step(step.num_output_tokens - num_output_tokens)
+                num_output_tokens = step.num_output_tokens
+                if step.finish_reason is not None:
+                    finished = True
+                    timer.finish(step.num_prompt_tokens, num_output_tokens, step.finish_reason)
                 yield step
         except ApiError:
+            finished = True
             raise
         except Exception as exc:
+            finished = True
             raise from_exception(exc) from exc
         finally:
+            if not finished:  # closed before its end: the client left
+                self.metrics.disconnects.inc()
             if deadline is not None:
                 deadline.cancel()
             self._abort_reasons.pop(request_id, None)

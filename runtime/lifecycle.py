@@ -124,6 +124,14 @@ class Lifecycle:
             os.environ,
         )
         (log.info if shm.action == "enough" else log.warning)("%s", shm.describe())
+        self.state.host_facts = {
+            "gpus": gpus,
+            "shared_memory": {
+                "size_bytes": shm.size_bytes,
+                "wanted_bytes": shm.wanted_bytes,
+                "action": shm.action,
+            },
+        }
 
     async def _load(self) -> None:
         self.state.phase = Phase.LOADING

@@ -42,6 +42,17 @@ class PromptBuilder:
     def encode_text(self, text: str) -> list[int]:
         return self._tokenizer.encode(text, add_special_tokens=True)
 
+    def check_token_ids(self, token_ids: Sequence[int], field: str = "prompt") -> None:
+        """Token ids a client sent must be in the vocabulary, or the tokenizer would crash."""
+        vocab_size = len(self._tokenizer)
+        for token_id in token_ids:
+            if not 0 <= token_id < vocab_size:
+                raise bad_request(
+                    f"{field}: token id {token_id} is outside the vocabulary (0 to "
+                    f"{vocab_size - 1})",
+                    param=field,
+                )
+
     def decode(self, token_ids: Sequence[int]) -> str:
         return self._tokenizer.decode(token_ids, skip_special_tokens=False)
 

@@ -9,6 +9,7 @@ from processors.base import Processor, ProcessorInfo
 from runtime.config import RuntimeConfig
 from runtime.errors import ApiError, ErrorKind
 from runtime.generation import Generator
+from runtime.metrics import Metrics
 from runtime.prompting import PromptBuilder
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ class ServingState:
     def __init__(self, config: RuntimeConfig, processor: Processor) -> None:
         self.config = config
         self.processor = processor
-        self.generator = Generator(processor, config.lifecycle.request_timeout)
+        self.metrics = Metrics()
+        self.generator = Generator(processor, config.lifecycle.request_timeout, self.metrics)
         self.phase = Phase.STARTING
+        self.host_facts: dict = {}  # what start-up measured: GPUs, shared memory
         self._prompts: PromptBuilder | None = None
 
     async def load(self) -> None:
@@ -42,6 +45,7 @@ class ServingState:
         self.phase = Phase.LOADING
         await self.processor.start()
         info = self.processor.info
+        self.metrics.set_model_name(info.model_name)
         if info.tokenizer is not None:
             self._prompts = PromptBuilder(info.tokenizer, info.max_model_len)
         self.phase = Phase.WARMING_UP

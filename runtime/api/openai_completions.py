@@ -31,10 +31,13 @@ def prompt_token_ids(prompts: PromptBuilder, prompt: CompletionRequest) -> list[
     if isinstance(value, str):
         return [prompts.encode_text(value)]
     if all(isinstance(item, int) for item in value):
+        prompts.check_token_ids(value)  # type: ignore[arg-type]
         return [list(value)]  # type: ignore[arg-type]
     if all(isinstance(item, str) for item in value):
         return [prompts.encode_text(item) for item in value]  # type: ignore[arg-type]
     if all(isinstance(item, list) for item in value):
+        for item in value:
+            prompts.check_token_ids(item)  # type: ignore[arg-type]
         return [list(item) for item in value]  # type: ignore[arg-type]
     raise bad_request("prompt must be a string, a list of strings, or token ids", "prompt")
 

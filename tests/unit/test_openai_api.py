@@ -129,6 +129,8 @@ def test_error_mid_stream_is_a_final_error_chunk(client, fake):
         ("/v1/completions", {"prompt": []}, "prompt"),
         ("/v1/completions", {"prompt": "x", "n": "many"}, "n"),
         ("/v1/completions", {"max_tokens": 1}, "prompt"),
+        ("/v1/completions", {"prompt": [5, -3]}, "token id -3 is outside the vocabulary"),
+        ("/v1/completions", {"prompt": [[5], [100000]]}, "token id 100000 is outside"),
         ("/v1/chat/completions", {"messages": []}, "messages"),
         ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, "role"),
         (
