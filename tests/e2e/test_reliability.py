@@ -107,7 +107,7 @@ def test_sigterm_drains_every_kind_of_request_to_completion(launch):
     server = launch("--grace-period", "90", "--max-num-seqs", "32")
     children = engine_children(server)
     kinds = [completion_stream] * 12 + [chatllm_stream] * 6 + [chat_whole] * 6
-    max_tokens = 600
+    max_tokens = 1000  # seconds of work, so all are in flight when the signal comes
     with ThreadPoolExecutor(len(kinds)) as pool:
         futures = [pool.submit(kind, server, max_tokens) for kind in kinds]
         wait_for(lambda: in_flight(server) == len(kinds), 60, "all requests in flight")
@@ -231,10 +231,16 @@ def test_a_burst_beyond_the_queue_gets_only_200_or_429(limited):
     assert requests.get(f"{limited.url}/ready", timeout=5).status_code == 200
 
 
+def disconnects(server: Server) -> float:
+    text = requests.get(f"{server.url}/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith("llm_runtime_client_disconnects_t"))
+    return float(line.split()[-1])
+
+
 def test_clients_that_leave_free_the_engine_at_once(server):
-    body = {"prompt": "leave", "max_tokens": 1500, "stream": True}
-    streams = []
-    for _ in range(16):
+    body = {"prompt": "leave", "max_tokens": 2000, "stream": True}
+
+    def open_stream(_):
         response = requests.post(
             f"{server.url}/v1/completions",
             json=body,
@@ -244,7 +250,12 @@ def test_clients_that_leave_free_the_engine_at_once(server):
         )
         lines = response.iter_lines()  # kept: dropping it would close the connection now
         next(lines)
-        streams.append((response, lines))
+        return response, lines
+
+    before = disconnects(server)
+    # Opened together, 16 streams of 2,000 tokens keep the engine busy for seconds.
+    with ThreadPoolExecutor(16) as pool:
+        streams = list(pool.map(open_stream, range(16)))
     assert in_flight(server) == 16
     assert sum(engine_load(server)) > 0
     left = time.monotonic()
@@ -256,6 +267,7 @@ def test_clients_that_leave_free_the_engine_at_once(server):
         f"{(time.monotonic() - left) * 1000:.0f} ms"
     )
     wait_for(lambda: in_flight(server) == 0, 10, "nothing in flight")
+    assert disconnects(server) - before == 16  # aborted, not finished
 
 
 @pytest.mark.parametrize(
