@@ -55,8 +55,8 @@ def build_app(state: ServingState) -> FastAPI:
         open_paths = () if server.auth_health else (*liveness, *readiness, "/metrics")
         app.add_middleware(TokenAuth, token=server.token, open_paths=open_paths)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.config.lifecycle.max_body_bytes)
-    routes = {getattr(route, "path", "") for route in app.routes}
-    app.add_middleware(HttpMetricsMiddleware, metrics=state.metrics, routes=lambda: routes)
+    routes = frozenset(getattr(route, "path", "") for route in app.routes)
+    app.add_middleware(HttpMetricsMiddleware, metrics=state.metrics, routes=routes)
     return app
 
 

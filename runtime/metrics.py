@@ -8,7 +8,6 @@ waiting, KV cache) is read from the processor when scraped.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -228,7 +227,7 @@ class RequestTimer:
 class HttpMetricsMiddleware:
     """Counts every HTTP answer by route and status, and times it to its last byte."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Callable[[], set[str]]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: frozenset[str]) -> None:
         self.app = app
         self.metrics = metrics
         self._routes = routes
@@ -250,6 +249,6 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             # Unknown paths share one label, so scanners cannot blow up the series count.
-            route = scope["path"] if scope["path"] in self._routes() else "other"
+            route = scope["path"] if scope["path"] in self._routes else "other"
             self.metrics.http_requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.http_latency.labels(route).observe(time.perf_counter() - started)
