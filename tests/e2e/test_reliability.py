@@ -23,8 +23,15 @@ from tests.e2e.conftest import Server, assert_children_gone, engine_children
 DEADLINE_S = 120
 
 
-def completion_stream(server: Server, max_tokens: int, prompt: str = "Tell me a story") -> dict:
-    """Stream /v1/completions; what arrived: tokens, chunks, a final error, [DONE]."""
+def completion_stream(
+    server: Server, max_tokens: int, start_reading: threading.Event | None = None
+) -> dict:
+    """Stream /v1/completions; what arrived: tokens, chunks, a final error, [DONE].
+
+    With `start_reading`, the stream is opened, then read only once the event is set: a client
+    busy parsing would delay the other requests' arrival on these 2 cores.
+    """
+    prompt = "Tell me a story"
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     result = {"status": None, "tokens": 0, "error": None, "done": False}
     with requests.post(
@@ -38,6 +45,8 @@ def completion_stream(server: Server, max_tokens: int, prompt: str = "Tell me a 
         if response.status_code != 200:
             result["error"] = response.json()["error"]
             return result
+        if start_reading is not None:
+            start_reading.wait(DEADLINE_S)
         for line in response.iter_lines():
             if line == b"data: [DONE]":
                 result["done"] = True
@@ -48,7 +57,9 @@ def completion_stream(server: Server, max_tokens: int, prompt: str = "Tell me a 
     return result
 
 
-def chatllm_stream(server: Server, max_tokens: int) -> dict:
+def chatllm_stream(
+    server: Server, max_tokens: int, start_reading: threading.Event | None = None
+) -> dict:
     body = {
         "prompt": "Hello",
         "max_new_tokens": max_tokens,
@@ -58,6 +69,8 @@ def chatllm_stream(server: Server, max_tokens: int) -> dict:
     with requests.post(
         f"{server.url}/", json=body, headers=server.headers(), stream=True, timeout=DEADLINE_S
     ) as response:
+        if start_reading is not None:
+            start_reading.wait(DEADLINE_S)
         records = [json.loads(r) for r in response.iter_lines(delimiter=b"\0") if r]
     last = records[-1]
     return {
@@ -67,7 +80,8 @@ def chatllm_stream(server: Server, max_tokens: int) -> dict:
     }
 
 
-def chat_whole(server: Server, max_tokens: int) -> dict:
+def chat_whole(server: Server, max_tokens: int, _: threading.Event | None = None) -> dict:
+    """A non-streaming chat completion: its thread just waits, costing the client nothing."""
     body = {
         "messages": [{"role": "user", "content": "Hi"}],
         "max_tokens": max_tokens,
@@ -108,8 +122,9 @@ def test_sigterm_drains_every_kind_of_request_to_completion(launch):
     children = engine_children(server)
     kinds = [completion_stream] * 12 + [chatllm_stream] * 6 + [chat_whole] * 6
     max_tokens = 1000  # seconds of work, so all are in flight when the signal comes
+    start_reading = threading.Event()
     with ThreadPoolExecutor(len(kinds)) as pool:
-        futures = [pool.submit(kind, server, max_tokens) for kind in kinds]
+        futures = [pool.submit(kind, server, max_tokens, start_reading) for kind in kinds]
         wait_for(lambda: in_flight(server) == len(kinds), 60, "all requests in flight")
         server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
@@ -126,6 +141,7 @@ def test_sigterm_drains_every_kind_of_request_to_completion(launch):
         )
         assert refused.status_code == 503
         assert "shutting down" in refused.json()["error"]["message"]
+        start_reading.set()
         results = [future.result(timeout=DEADLINE_S) for future in futures]
     code = server.process.wait(timeout=60)
     print(
@@ -143,10 +159,12 @@ def test_sigterm_drains_every_kind_of_request_to_completion(launch):
 def test_when_the_grace_period_ends_open_streams_get_a_final_error(launch):
     server = launch("--grace-period", "1")
     children = engine_children(server)
+    start_reading = threading.Event()
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(completion_stream, server, 1900) for _ in range(8)]
+        futures = [pool.submit(completion_stream, server, 1900, start_reading) for _ in range(8)]
         wait_for(lambda: in_flight(server) == 8, 60, "all streams in flight")
         server.process.send_signal(signal.SIGTERM)
+        start_reading.set()
         results = [future.result(timeout=DEADLINE_S) for future in futures]
     assert server.process.wait(timeout=60) == 0
     for result in results:
