@@ -6,7 +6,7 @@ knows which engine serves it. A fake processor for tests fits in ~20 lines.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -108,7 +108,7 @@ class Processor(Protocol):
 
     async def start(self) -> None: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Step, None]:
         """Steps for one request, ending with one whose finish_reason is set.
 
         `abort(request_id)` ends the steps with finish_reason "abort"; closing the iterator

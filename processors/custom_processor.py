@@ -12,7 +12,7 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -164,7 +164,7 @@ class CustomProcessor:
         finally:
             self._num_running -= 1
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[Step, None]:
         raise ProcessorInputError(
             "this service runs a custom processor: send the raw request body to POST / "
             "or /api/predict/<service name>"

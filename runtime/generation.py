@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
 from processors.base import GenerationRequest, Processor, SamplingParams, Step, TokenLogprob
@@ -87,18 +88,20 @@ class Generator:
         timer = self.metrics.request()
         num_output_tokens, finished = 0, False
         try:
-            async for step in self.processor.generate(request):
-                reason = self._abort_reasons.get(request_id)
-                if step.finish_reason == "abort" and reason is not None:
-                    if reason.kind is ErrorKind.TIMEOUT:
-                        self.metrics.timeouts.inc()
-                    raise reason
-                timer.step(step.num_output_tokens - num_output_tokens)
-                num_output_tokens = step.num_output_tokens
-                if step.finish_reason is not None:
-                    finished = True
-                    timer.finish(step.num_prompt_tokens, num_output_tokens, step.finish_reason)
-                yield step
+            # Closed explicitly, so a client that leaves aborts the request at once.
+            async with aclosing(self.processor.generate(request)) as steps:
+                async for step in steps:
+                    reason = self._abort_reasons.get(request_id)
+                    if step.finish_reason == "abort" and reason is not None:
+                        if reason.kind is ErrorKind.TIMEOUT:
+                            self.metrics.timeouts.inc()
+                        raise reason
+                    timer.step(step.num_output_tokens - num_output_tokens)
+                    num_output_tokens = step.num_output_tokens
+                    if step.finish_reason is not None:
+                        finished = True
+                        timer.finish(step.num_prompt_tokens, num_output_tokens, step.finish_reason)
+                    yield step
         except ApiError:
             finished = True
             raise

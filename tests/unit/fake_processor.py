@@ -6,7 +6,7 @@ Like vLLM, an aborted request ends with a step whose finish_reason is "abort".
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from processors.base import GenerationRequest, ProcessorInfo, ProcessorStats, Step
 
@@ -25,7 +25,7 @@ class FakeProcessor:
     async def start(self) -> None:
         pass
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Step]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Step, None]:
         self.requests.append(request)
         if self.fail_with is not None:
             raise self.fail_with
