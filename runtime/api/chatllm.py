@@ -85,7 +85,7 @@ def chatllm_router(state: ServingState) -> APIRouter:
         (choice,) = await unless_disconnected(request, work)
         return json_response(_answer(chat, choice.text, len(prompt_ids), choice.num_output_tokens))
 
-    for path in ("/", f"/api/predict/{state.config.server.service_name}"):
+    for path in state.config.server.platform_paths:
         router.add_api_route(
             path,
             predict,

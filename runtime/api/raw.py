@@ -31,7 +31,7 @@ def raw_router(state: ServingState, processor: RawProcessor) -> APIRouter:
             ) from None
         return Response(data, status, media_type="application/octet-stream")
 
-    for path in ("/", f"/api/predict/{state.config.server.service_name}"):
+    for path in state.config.server.platform_paths:
         router.add_api_route(
             path,
             predict,

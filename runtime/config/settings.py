@@ -86,6 +86,11 @@ class ServerConfig:
     readiness_path: str | None = None
     liveness_path: str | None = None
 
+    @property
+    def platform_paths(self) -> tuple[str, str]:
+        """Where the platform serves a service's requests: `/` and `/api/predict/<name>`."""
+        return ("/", f"/api/predict/{self.service_name}")
+
 
 @dataclass(frozen=True)
 class LifecycleConfig:
