@@ -267,6 +267,7 @@ def test_clients_that_leave_free_the_engine_at_once(server):
             stream=True,
             timeout=DEADLINE_S,
         )
+        assert response.status_code == 200, response.text
         lines = response.iter_lines()  # kept: dropping it would close the connection now
         next(lines)
         return response, lines
@@ -275,7 +276,7 @@ def test_clients_that_leave_free_the_engine_at_once(server):
     # Opened together, 16 streams of 2,000 tokens keep the engine busy for seconds.
     with ThreadPoolExecutor(16) as pool:
         streams = list(pool.map(open_stream, range(16)))
-    assert in_flight(server) == 16
+    assert in_flight(server) == 16, requests.get(f"{server.url}/health", timeout=10).text
     assert sum(engine_load(server)) > 0
     left = time.monotonic()
     for response, _ in streams:
