@@ -54,6 +54,7 @@ class Step:
     num_output_tokens: int  # cumulative, for usage
     finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
+    token_ids: tuple[int, ...] = ()  # the output tokens this step added
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from processors.base import Processor
 from processors.settings import CustomSettings, EngineSettings
 
-PROCESSOR_NAMES = ("auto", "vllm", "custom")
+PROCESSOR_NAMES = ("auto", "vllm", "transformers", "custom")
 
 
 class ProcessorUnavailableError(Exception):
@@ -16,12 +16,19 @@ class ProcessorUnavailableError(Exception):
 
 
 def resolve_processor_name(name: str) -> str:
-    """The concrete processor for `name`; `auto` is vllm when it can be imported."""
+    """The concrete processor for `name`; `auto` is vllm when it can be imported, else our
+    transformers engine."""
     if name not in PROCESSOR_NAMES:
         raise ProcessorUnavailableError(
             f"unknown processor {name!r}; choose one of {', '.join(PROCESSOR_NAMES)}"
         )
-    if name in ("auto", "vllm"):
+    if name == "auto":
+        name = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+    if name == "transformers" and importlib.util.find_spec("torch") is None:
+        raise ProcessorUnavailableError(
+            "the transformers processor needs torch: install the 'cpu' or 'gpu' extra"
+        )
+    if name == "vllm":
         if importlib.util.find_spec("vllm") is None:
             raise ProcessorUnavailableError(
                 "the vllm processor needs vLLM: install the 'cpu' or 'gpu' extra "
@@ -39,6 +46,10 @@ def create_processor(
         from processors.vllm_processor import VllmProcessor
 
         return VllmProcessor(settings)
+    if resolved == "transformers":
+        from processors.transformers_processor import TransformersProcessor
+
+        return TransformersProcessor(settings)
     if resolved == "custom":
         from processors.custom_processor import CustomProcessor
 
@@ -57,4 +68,8 @@ def architectures_for(name: str) -> Callable[[], set[str]]:
         from processors.vllm_processor import supported_architectures
 
         return supported_architectures
+    if resolve_processor_name(name) == "transformers":
+        from processors.transformers_processor import supported_architectures as transformers_archs
+
+        return transformers_archs
     raise ProcessorUnavailableError(f"no processor named {name!r}")

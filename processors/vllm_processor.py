@@ -135,6 +135,7 @@ class VllmProcessor:
                     num_output_tokens=num_output_tokens,
                     finish_reason=_finish_reason(completion.finish_reason) if finished else None,
                     logprobs=_to_logprobs(completion.token_ids, completion.logprobs),
+                    token_ids=tuple(completion.token_ids),
                 )
         except VllmEngineDead as exc:
             raise EngineDeadError("the vLLM engine died") from exc

@@ -115,9 +115,9 @@ def assert_children_gone(children: list[psutil.Process]) -> None:
     assert not alive, f"child processes outlived the server: {alive}"
 
 
-@pytest.fixture(scope="session")
-def server(model_cache_dir, demo_model_dir, tmp_path_factory) -> Server:
-    workdir = tmp_path_factory.mktemp("server")
+def serve_service_json(workdir: Path, model_cache_dir: Path, *args: str) -> Server:
+    """`llm-runtime serve --config service.json ARGS`: the demo model, configured the way the
+    platform's deployment file does it (name, token, port, env, a storage mount)."""
     port = free_port()
     service = {
         "name": SERVICE_NAME,
@@ -132,17 +132,44 @@ def server(model_cache_dir, demo_model_dir, tmp_path_factory) -> Server:
         ],
         "metadata": {"instance": 1},
     }
+    workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "service.json").write_text(json.dumps(service))
     env = {**os.environ, "LLM_RUNTIME_CACHE_DIR": str(model_cache_dir)}
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # the service JSON's env must provide it
-    args = ["--config", str(workdir / "service.json"), "--max-num-seqs", "32"]
-    server = spawn_server(workdir, port, args, env)
+    server = spawn_server(workdir, port, ["--config", str(workdir / "service.json"), *args], env)
     print(f"\nserver ready in {server.seconds_to_ready:.1f} s")
-    yield server
-    children = engine_children(server)
+    return server
+
+
+def stop_cleanly(server: Server) -> None:
+    """SIGTERM; the server must exit 0 and leave no child process behind."""
+    children = psutil.Process(server.process.pid).children(recursive=True)
     code = stop(server.process)
     assert code == 0, f"the server exited with {code}:\n{server.log()[-3000:]}"
     assert_children_gone(children)
+
+
+@pytest.fixture(scope="session")
+def server(model_cache_dir, demo_model_dir, tmp_path_factory) -> Server:
+    """The vLLM processor, as most deployments run."""
+    server = serve_service_json(
+        tmp_path_factory.mktemp("server"), model_cache_dir, "--max-num-seqs", "32"
+    )
+    engine_children(server)  # vLLM's engine core runs in a child process
+    yield server
+    stop_cleanly(server)
+
+
+@pytest.fixture(scope="session")
+def transformers_server(model_cache_dir, demo_model_dir, tmp_path_factory) -> Server:
+    """Our own transformers/torch engine, configured the same way."""
+    server = serve_service_json(
+        tmp_path_factory.mktemp("transformers-server"),
+        model_cache_dir,
+        *("--processor", "transformers", "--max-num-seqs", "16"),
+    )
+    yield server
+    stop_cleanly(server)
 
 
 @pytest.fixture

@@ -1,0 +1,142 @@
+"""Our own engine over transformers and torch (CUDA or CPU): the Processor contract around it.
+
+The engine runs in its own thread (processors/torch_engine/); this adapter turns its per-step
+output batches into one asyncio queue per request on the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
+
+from models.tokenizer import load_tokenizer
+from processors.base import (
+    EngineDeadError,
+    GenerationRequest,
+    ProcessorError,
+    ProcessorInfo,
+    ProcessorInputError,
+    ProcessorStats,
+    Step,
+)
+from processors.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from processors.torch_engine.engine import TorchEngine
+
+log = logging.getLogger(__name__)
+
+
+def supported_architectures() -> set[str]:
+    from processors.torch_engine.loader import SUPPORTED_ARCHITECTURES
+
+    return set(SUPPORTED_ARCHITECTURES)
+
+
+class TransformersProcessor:
+    name = "transformers"
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self._settings = settings
+        self._engine: TorchEngine | None = None
+        self._info: ProcessorInfo | None = None
+        self._streams: dict[str, asyncio.Queue] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def info(self) -> ProcessorInfo:
+        if self._info is None:
+            raise RuntimeError("the transformers processor has not started")
+        return self._info
+
+    async def start(self) -> None:
+        from processors.torch_engine.loader import EngineConfigError, load_engine
+
+        self._loop = asyncio.get_running_loop()
+        tokenizer = await asyncio.to_thread(load_tokenizer, self._settings.model_path)
+        try:
+            loaded = await asyncio.to_thread(load_engine, self._settings, tokenizer)
+        except EngineConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        self._engine = loaded.engine
+        self._engine.start(self._on_outputs)
+        settings = self._settings
+        self._info = ProcessorInfo(
+            name=self.name,
+            model_name=settings.served_model_name
+            or os.path.basename(os.path.normpath(settings.model_path)),
+            model_path=settings.model_path,
+            max_model_len=loaded.max_model_len,
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            max_concurrency=loaded.num_slots,
+            tokenizer=tokenizer,
+        )
+
+    def _on_outputs(self, outputs: list) -> None:
+        """Called on the engine thread, once per step."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._dispatch, outputs)
+
+    def _dispatch(self, outputs: list) -> None:
+        for request_id, output in outputs:
+            stream = self._streams.get(request_id)
+            if stream is not None:  # gone: its client left and the abort is on its way
+                stream.put_nowait(output)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[Step, None]:
+        engine = self._running_engine()
+        self._check_input(request)
+        stream: asyncio.Queue = asyncio.Queue()
+        self._streams[request.request_id] = stream
+        engine.submit(request)
+        finished = False
+        try:
+            while not finished:
+                output = await stream.get()
+                if not isinstance(output, Step):
+                    raise ProcessorError(output.message)
+                finished = output.finish_reason is not None
+                yield output
+        finally:
+            del self._streams[request.request_id]
+            if not finished:  # closed early: a client left or the request timed out
+                engine.abort(request.request_id)
+
+    def _check_input(self, request: GenerationRequest) -> None:
+        vocab = len(self.info.tokenizer) if self.info.tokenizer is not None else None
+        bad = [t for t in request.prompt_token_ids if t < 0 or (vocab and t >= vocab)]
+        if bad:
+            raise ProcessorInputError(f"token id {bad[0]} is out of vocabulary (size {vocab})")
+        if not request.prompt_token_ids:
+            raise ProcessorInputError("the prompt is empty")
+        if len(request.prompt_token_ids) >= self.info.max_model_len:
+            raise ProcessorInputError(
+                f"the prompt has {len(request.prompt_token_ids)} tokens; the context window is "
+                f"{self.info.max_model_len}, and at least one token must be generated"
+            )
+
+    def _running_engine(self) -> TorchEngine:
+        if self._engine is None or not self._engine.is_alive:
+            raise EngineDeadError("the transformers engine is not running")
+        return self._engine
+
+    async def abort(self, request_id: str) -> None:
+        if self._engine is not None:
+            self._engine.abort(request_id)
+
+    async def check_health(self) -> None:
+        if self._engine is not None and not self._engine.is_alive:
+            raise EngineDeadError(f"the transformers engine stopped: {self._engine.fatal_error}")
+
+    def stats(self) -> ProcessorStats:
+        if self._engine is None:
+            return ProcessorStats(num_running=0, num_waiting=0, kv_cache_usage=0.0)
+        return self._engine.stats()
+
+    async def shutdown(self) -> None:
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await asyncio.to_thread(engine.stop)
