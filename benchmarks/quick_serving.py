@@ -30,7 +30,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(port: int, model: str | None, log_path: Path) -> tuple[subprocess.Popen, float]:
+def start_server(
+    port: int, model: str | None, log_path: Path, extra_args: list[str] | None = None
+) -> tuple[subprocess.Popen, float]:
     command = [
         str(Path(sys.executable).parent / "llm-runtime"),
         "serve",
@@ -41,6 +43,7 @@ def start_server(port: int, model: str | None, log_path: Path) -> tuple[subproce
     ]
     if model:
         command += ["--model", model]
+    command += extra_args or []
     env = {"VLLM_CPU_KVCACHE_SPACE": "1", **os.environ}
     started = time.monotonic()
     process = subprocess.Popen(
@@ -69,6 +72,7 @@ async def one_request(client: httpx.AsyncClient, prompt: str, max_tokens: int) -
         "prompt": prompt,
         "max_tokens": max_tokens,
         "temperature": 0,
+        "ignore_eos": True,  # random-weight models may pick EOS at any step
         "stream": True,
         "stream_options": {"include_usage": True},
     }

@@ -2,7 +2,8 @@
 
 The reference for correctness is transformers' own `model.generate()` on the same weights:
 greedy output must be the same tokens, whether a request runs alone, in a batch of mixed prompt
-lengths, or joins a batch that is already decoding.
+lengths, or joins a batch that is already decoding. Both run in float32 on the engine's
+device, so on a GPU machine these tests check the CUDA path the same way.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def engine(demo_model_dir):
 def reference_model(demo_model_dir):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(demo_model_dir), dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(demo_model_dir), dtype=torch.float32)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
 def encode(engine, prompt: str) -> list[int]:
@@ -49,7 +51,9 @@ def encode(engine, prompt: str) -> list[int]:
 def reference_tokens(model, prompt_ids: list[int], max_tokens: int) -> list[int]:
     with torch.inference_mode():
         output = model.generate(
-            torch.tensor([prompt_ids]), max_new_tokens=max_tokens, do_sample=False
+            torch.tensor([prompt_ids], device=model.device),
+            max_new_tokens=max_tokens,
+            do_sample=False,
         )
     return output[0, len(prompt_ids) :].tolist()
 

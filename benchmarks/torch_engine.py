@@ -1,0 +1,115 @@
+"""The transformers processor's speed, printed: served output tok/s at concurrency 1 and 16
+against transformers' own `generate()` serving one request at a time, on the demo model and a
+larger random Llama (8 layers, hidden 1024). `--hf-batching` also times transformers'
+continuous-batching manager (`generate_batch`), the alternative to our own scheduler.
+
+    python -m benchmarks.torch_engine [--models demo llama-8x1024] [--max-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.quick_serving import free_port, run_level, start_server
+from models.demo import default_cache_dir, ensure_demo_model
+from models.random_llama import LlamaShape, write_random_llama
+
+MODELS = {
+    "demo": ensure_demo_model,
+    "llama-8x1024": lambda: write_random_llama(
+        default_cache_dir() / "random-llama-8x1024", LlamaShape()
+    ),
+}
+
+
+def prompts(tokenizer, count: int) -> list[list[int]]:
+    return [tokenizer.encode(f"Request {i}: tell me a story about the cat") for i in range(count)]
+
+
+def time_generate(path: Path, max_tokens: int, num_requests: int) -> float:
+    """tok/s of `model.generate()` serving requests one after another (greedy, no early EOS)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = prompts(tokenizer, num_requests + 1)
+    with torch.inference_mode():
+        model.generate(torch.tensor([ids[-1]]), max_new_tokens=4)  # warm-up
+        started = time.perf_counter()
+        for prompt in ids[:num_requests]:
+            model.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=max_tokens,
+                min_new_tokens=max_tokens,
+                do_sample=False,
+            )
+    return num_requests * max_tokens / (time.perf_counter() - started)
+
+
+def time_hf_batching(path: Path, max_tokens: int, num_requests: int) -> float:
+    """tok/s of transformers' continuous-batching manager on `num_requests` at once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="sdpa"
+    ).eval()
+    config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=-1)
+    started = time.perf_counter()
+    outputs = model.generate_batch(prompts(tokenizer, num_requests), generation_config=config)
+    tokens = sum(len(output.generated_tokens) for output in outputs.values())
+    return tokens / (time.perf_counter() - started)
+
+
+def time_served(path: Path, max_tokens: int, levels: list[int]) -> list[dict]:
+    port = free_port()
+    log_path = Path(tempfile.mkdtemp()) / "server.log"
+    process, _ = start_server(
+        port,
+        str(path),
+        log_path,
+        extra_args=["--processor", "transformers", "--max-num-seqs", str(max(levels))],
+    )
+    try:
+        return [
+            asyncio.run(run_level(f"http://127.0.0.1:{port}", c, max(2 * c, 4), max_tokens))
+            for c in levels
+        ]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--generate-requests", type=int, default=4)
+    parser.add_argument("--hf-batching", action="store_true")
+    args = parser.parse_args()
+    for name in args.models:
+        path = MODELS[name]()
+        print(f"\n## {name} ({path})")
+        generate = time_generate(path, args.max_tokens, args.generate_requests)
+        print(f"generate(), one request at a time: {generate:8.0f} tok/s")
+        if args.hf_batching:
+            hf = time_hf_batching(path, args.max_tokens, 16)
+            print(f"transformers generate_batch, 16:   {hf:8.0f} tok/s")
+        for level in time_served(path, args.max_tokens, [1, 16]):
+            ratio = level["output_tok_s"] / generate
+            print(
+                f"served, concurrency {level['concurrency']:>2}:          "
+                f"{level['output_tok_s']:8.0f} tok/s  ({ratio:.1f}x generate()), "
+                f"TTFT p50 {level['ttft_p50_ms']:.0f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
