@@ -3,7 +3,12 @@ against transformers' own `generate()` serving one request at a time, on the dem
 larger random Llama (8 layers, hidden 1024). `--hf-batching` also times transformers'
 continuous-batching manager (`generate_batch`), the alternative to our own scheduler.
 
+`--decode-bandwidth` times batch-1 decode in the engine itself and prints the memory bandwidth
+it implies (weight bytes read per token x tokens/s), to hold against the device's peak: on a
+GPU, run it on `--models llama-1b` (about one billion parameters, float16).
+
     python -m benchmarks.torch_engine [--models demo llama-8x1024] [--max-tokens 128]
+    python -m benchmarks.torch_engine --models llama-1b --decode-bandwidth
 """
 
 from __future__ import annotations
@@ -17,12 +22,15 @@ from pathlib import Path
 
 from benchmarks.quick_serving import free_port, run_level, start_server
 from models.demo import default_cache_dir, ensure_demo_model
-from models.random_llama import LlamaShape, write_random_llama
+from models.random_llama import ONE_BILLION, LlamaShape, write_random_llama
 
 MODELS = {
     "demo": ensure_demo_model,
     "llama-8x1024": lambda: write_random_llama(
         default_cache_dir() / "random-llama-8x1024", LlamaShape()
+    ),
+    "llama-1b": lambda: write_random_llama(
+        default_cache_dir() / "random-llama-1b", ONE_BILLION, dtype="float16"
     ),
 }
 
@@ -68,6 +76,46 @@ def time_hf_batching(path: Path, max_tokens: int, num_requests: int) -> float:
     return tokens / (time.perf_counter() - started)
 
 
+def time_batch1_decode(path: Path, max_tokens: int) -> None:
+    """Batch-1 decode in the engine (no HTTP), and the weight bandwidth it implies."""
+    import threading
+
+    from models.tokenizer import load_tokenizer
+    from processors.base import GenerationRequest, SamplingParams
+    from processors.settings import EngineSettings
+    from processors.torch_engine.loader import load_engine
+
+    tokenizer = load_tokenizer(path)
+    loaded = load_engine(EngineSettings(model_path=str(path), max_num_seqs=1), tokenizer)
+    engine = loaded.engine
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    first_token_at: list[float] = []
+    done = threading.Event()
+
+    def on_outputs(outputs: list) -> None:
+        for _, step in outputs:
+            if not first_token_at:
+                first_token_at.append(time.perf_counter())
+            if step.finish_reason is not None:
+                done.set()
+
+    engine.start(on_outputs)
+    for attempt in ("warm-up", "timed"):
+        first_token_at.clear()
+        done.clear()
+        sampling = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+        engine.submit(GenerationRequest(attempt, prompts(tokenizer, 1)[0], sampling))
+        done.wait()
+    tok_s = (max_tokens - 1) / (time.perf_counter() - first_token_at[0])
+    engine.stop()
+    gigabytes = weight_bytes / 1e9
+    print(
+        f"batch-1 decode on {loaded.device} ({loaded.dtype}): {tok_s:.0f} tok/s; "
+        f"{gigabytes:.2f} GB of weights per token -> {tok_s * gigabytes:.0f} GB/s "
+        "(compare with the device's memory bandwidth)"
+    )
+
+
 def time_served(path: Path, max_tokens: int, levels: list[int]) -> list[dict]:
     port = free_port()
     log_path = Path(tempfile.mkdtemp()) / "server.log"
@@ -93,10 +141,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--generate-requests", type=int, default=4)
     parser.add_argument("--hf-batching", action="store_true")
+    parser.add_argument("--decode-bandwidth", action="store_true")
     args = parser.parse_args()
     for name in args.models:
         path = MODELS[name]()
         print(f"\n## {name} ({path})")
+        if args.decode_bandwidth:
+            time_batch1_decode(path, args.max_tokens)
+            continue
         generate = time_generate(path, args.max_tokens, args.generate_requests)
         print(f"generate(), one request at a time: {generate:8.0f} tok/s")
         if args.hf_batching:

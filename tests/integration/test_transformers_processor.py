@@ -210,3 +210,17 @@ def test_bad_prompts_are_input_errors(engine):
         runner.run(collect(processor, "oov", [10**6], max_tokens=2))
     with pytest.raises(ProcessorInputError, match="2048"):
         runner.run(collect(processor, "long", [5] * 2048, max_tokens=2))
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_auto_dtype_is_half_precision(demo_model_dir):
+    processor = TransformersProcessor(EngineSettings(model_path=str(demo_model_dir)))
+    with asyncio.Runner() as runner:
+        runner.run(processor.start())
+        try:
+            assert processor.info.dtype == "bfloat16"
+            ids = processor.info.tokenizer.encode("Hello")
+            steps = runner.run(collect(processor, "gpu", ids, max_tokens=32, temperature=0))
+            assert steps[-1].num_output_tokens == 32 and steps[-1].finish_reason == "length"
+        finally:
+            runner.run(processor.shutdown())
