@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 # Small KV cache for CPU machines; override for bigger ones.
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: install serve test lint format bench
+.PHONY: install browser serve test lint format bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,10 +17,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The web page's e2e test drives Debian's chromium through Playwright (which then downloads no
+# browser). Installed once where apt-get runs as root; elsewhere that test is skipped.
+browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q --no-install-recommends chromium fonts-liberation \
+		|| { apt-get update -q && apt-get install -y -q --no-install-recommends chromium fonts-liberation; } \
+		|| echo "chromium could not be installed: the web page's browser test will be skipped"; \
+	else echo "no chromium and no apt-get as root: the web page's browser test will be skipped"; fi
+
 serve: install
 	$(VENV)/bin/llm-runtime serve $(ARGS)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q $(ARGS)
 
 lint: install

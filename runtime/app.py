@@ -17,6 +17,7 @@ from runtime.api.introspection import introspection_router
 from runtime.api.openai_chat import openai_chat_router
 from runtime.api.openai_completions import completions_router
 from runtime.api.raw import raw_router
+from runtime.api.webui import PAGE_PATHS, serves_webui, webui_router
 from runtime.auth import TokenAuth
 from runtime.body_limit import BodyLimitMiddleware
 from runtime.errors import (
@@ -45,6 +46,9 @@ def build_app(state: ServingState) -> FastAPI:
         app.include_router(raw_router(state, state.processor))
     else:
         app.include_router(chatllm_router(state))
+    webui = serves_webui(state)
+    if webui:
+        app.include_router(webui_router())
     _add_error_handlers(app)
     # Starlette runs the last added middleware first: HTTP metrics (which see every answer),
     # body limit, auth, then admission.
@@ -53,7 +57,10 @@ def build_app(state: ServingState) -> FastAPI:
     if server.token:
         liveness, readiness = probe_paths(state)
         open_paths = () if server.auth_health else (*liveness, *readiness, "/metrics")
-        app.add_middleware(TokenAuth, token=server.token, open_paths=open_paths)
+        open_pages = PAGE_PATHS if webui else ()
+        app.add_middleware(
+            TokenAuth, token=server.token, open_paths=open_paths, open_pages=open_pages
+        )
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.config.lifecycle.max_body_bytes)
     routes = frozenset(getattr(route, "path", "") for route in app.routes)
     app.add_middleware(HttpMetricsMiddleware, metrics=state.metrics, routes=routes)

@@ -20,13 +20,32 @@ def token_matches(header: str | None, token: str) -> bool:
 
 
 class TokenAuth:
-    def __init__(self, app: ASGIApp, token: str, open_paths: Collection[str]) -> None:
+    """`open_paths` need no token; `open_pages` need none for an HTTP GET only (the web page,
+    whose user types the token into it), so `POST /` and WebSockets there still need it."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str,
+        open_paths: Collection[str],
+        open_pages: Collection[str] = (),
+    ) -> None:
         self.app = app
         self._token = token
         self._open_paths = frozenset(open_paths)
+        self._open_pages = frozenset(open_pages)
+
+    def _is_open(self, scope: Scope) -> bool:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in self._open_paths:
+            return True
+        return (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and (scope["path"] in self._open_pages)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in self._open_paths:
+        if self._is_open(scope):
             await self.app(scope, receive, send)
             return
         header = None

@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=SETTINGS["auth_health"].help,
     )
     serve.add_argument(
+        "--webui",
+        dest="webui",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=SETTINGS["webui"].help,
+    )
+    serve.add_argument(
         "--chatllm-stream-default",
         dest="chatllm_stream_default",
         action="store_true",

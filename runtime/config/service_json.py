@@ -42,6 +42,7 @@ KEY_PATHS: dict[str, tuple[str, ...]] = {
     "model_entry": ("model_entry",),
     "model_config": ("model_config",),
     "worker_threads": ("metadata.rpc.worker_threads", "rpc.worker_threads", "metadata.workers"),
+    "webui": ("metadata.enable_webservice",),
 }
 # The platform gives keepalive in milliseconds; the runtime's setting is in seconds.
 CONVERSIONS = {

@@ -37,6 +37,7 @@ SETTINGS: dict[str, Setting] = {
     "auth_health": Setting(bool, "require the token on health, readiness and metrics routes too"),
     "readiness_path": Setting(str, "extra path answering readiness (the platform's probe path)"),
     "liveness_path": Setting(str, "extra path answering liveness"),
+    "webui": Setting(bool, "serve the chat web page at /webui (and GET / for browsers)"),
     # lifecycle and limits
     "grace_period": Setting(float, "seconds to drain in-flight requests after SIGTERM"),
     "request_timeout": Setting(float, "seconds a request may take before it is aborted (408)"),
@@ -85,6 +86,7 @@ class ServerConfig:
     auth_health: bool = False
     readiness_path: str | None = None
     liveness_path: str | None = None
+    webui: bool = False
 
     @property
     def platform_paths(self) -> tuple[str, str]:

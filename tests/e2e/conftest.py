@@ -1,7 +1,7 @@
 """The real `llm-runtime serve` in a subprocess, started once per test session.
 
-It is started from a platform service JSON (name, token, port, env, storage mount) with no
-model path, so it serves the built-in demo model on the real vLLM engine.
+It is started from a platform service JSON (name, token, port, env, storage mount, the web page)
+with no model path, so it serves the built-in demo model on the real vLLM engine.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def serve_service_json(workdir: Path, model_cache_dir: Path, *args: str) -> Serv
                 "env": [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"}],
             }
         ],
-        "metadata": {"instance": 1},
+        "metadata": {"instance": 1, "enable_webservice": True},
     }
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "service.json").write_text(json.dumps(service))

@@ -1,0 +1,132 @@
+"""The chat web page in headless Chromium against the real server (the session server, which
+its service JSON starts with `metadata.enable_webservice`): token, streamed answers, history,
+the stop button, and a screenshot kept as a test artefact.
+
+Chromium is Debian's package (`make browser` installs it), driven by Playwright's Python package
+through `executable_path`, so no browser is downloaded. Without either the test is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Server
+from tests.e2e.test_reliability import disconnects, engine_load, wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TIMEOUT_MS = 60_000
+# [answer number, its text's length] at each DOM change: growing lengths mean it streamed.
+RECORD_ANSWER_LENGTHS = """() => {
+  window.answerLengths = [];
+  new MutationObserver(() => {
+    const answers = document.querySelectorAll(".message.assistant");
+    const text = answers.length ? answers[answers.length - 1].firstChild : null;
+    if (text) window.answerLengths.push([answers.length - 1, text.data.length]);
+  }).observe(document.getElementById("conversation"),
+             { childList: true, subtree: true, characterData: true });
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    if CHROMIUM is None:
+        pytest.skip("no chromium: `make browser` installs Debian's package (root and apt needed)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server: Server):
+    context = browser.new_context(viewport={"width": 1100, "height": 720})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def artefact_dir(tmp_path: Path) -> Path:
+    directory = Path(os.environ.get("LLM_RUNTIME_TEST_ARTIFACTS") or tmp_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def open_with_token(page, server: Server) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{server.url}/webui")
+    # Without the token the page says what is wrong, with the server's own message.
+    expect(page.locator("#error")).to_contain_text("401: missing Authorization header")
+    page.fill("#token", server.token)
+    page.press("#token", "Tab")  # `change` stores it and reconnects
+    expect(page.locator("#model")).to_have_text("llm-runtime-demo")
+    expect(page.locator("#error")).to_be_hidden()
+
+
+def test_chat_streams_keeps_history_and_sends_the_controls(page, server: Server, tmp_path):
+    from playwright.sync_api import expect
+
+    open_with_token(page, server)
+    page.fill("#system", "Answer briefly.")
+    page.fill("#temperature", "0.5")
+    page.fill("#top_p", "0.9")
+    page.fill("#max_tokens", "300")
+    page.evaluate(RECORD_ANSWER_LENGTHS)
+    sent = []
+    page.on("request", lambda r: r.url.endswith("/v1/chat/completions") and sent.append(r))
+    answers = page.locator(".message.assistant")
+    for turn, text in enumerate(("Hello there!", "And a second question?")):
+        page.fill("#prompt", text)
+        page.click("#send")
+        expect(answers.nth(turn).locator(".note")).to_contain_text("tokens in", timeout=TIMEOUT_MS)
+
+    lengths = [n for answer, n in page.evaluate("window.answerLengths") if answer == 0 and n]
+    assert lengths == sorted(lengths) and len(set(lengths)) >= 3, (
+        f"the answer did not stream: its text lengths were {lengths}"
+    )
+    screenshot = artefact_dir(tmp_path) / "webui-chat.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    print(f"\nweb page: the answer grew through {len(set(lengths))} lengths; {screenshot}")
+
+    assert len(sent) == 2
+    assert sent[1].headers["authorization"] == f"Bearer {server.token}"
+    body = json.loads(sent[1].post_data)
+    assert body["stream"] is True and body["model"] == "llm-runtime-demo"
+    assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.5, 0.9, 300)
+    first_text = answers.nth(0).evaluate("e => e.firstChild.data")
+    assert body["messages"] == [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Hello there!"},
+        {"role": "assistant", "content": first_text},
+        {"role": "user", "content": "And a second question?"},
+    ]
+
+
+def test_stop_aborts_the_answer_in_the_engine(page, server: Server):
+    from playwright.sync_api import expect
+
+    open_with_token(page, server)
+    page.fill("#max_tokens", "2000")  # the demo model never stops early: many seconds of work
+    before = disconnects(server)
+    page.fill("#prompt", "Tell me a long story")
+    page.click("#send")
+    answer = page.locator(".message.assistant").last
+    page.wait_for_function(
+        "() => { const a = document.querySelectorAll('.message.assistant');"
+        " return a.length && a[a.length - 1].firstChild.data.length > 0; }"
+    )
+    assert sum(engine_load(server)) >= 1
+    page.click("#stop")
+    expect(answer.locator(".note")).to_have_text("stopped")
+    expect(page.locator("#send")).to_be_enabled()
+    wait_for(lambda: engine_load(server) == (0, 0), 10, "the engine to be idle")
+    assert disconnects(server) - before == 1  # aborted by the server, not finished
+    length = answer.evaluate("e => e.firstChild.data.length")
+    print(f"\nweb page stop: {length} characters shown, engine idle")
