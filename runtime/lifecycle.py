@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import psutil
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_ENGINE_FAILED, EXIT_START_ERROR = 0, 1, 2
 WATCHDOG_INTERVAL_S = 1.0
 ENGINE_SHUTDOWN_TIMEOUT_S = 30.0
+# Start-up is never silent: a phase is logged when it begins and this often while it lasts.
+PROGRESS_INTERVAL_S = 10.0
 
 
 class Lifecycle:
@@ -68,6 +71,7 @@ class Lifecycle:
             )
         )
         self.exit_code = EXIT_OK
+        self._loading = ""  # what is being loaded, for the progress lines
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
 
@@ -89,6 +93,8 @@ class Lifecycle:
         return self.exit_code
 
     async def _start_up(self) -> None:
+        started = time.monotonic()
+        progress = self._spawn(self._report_progress(started), "start-up progress")
         try:
             await self._prepare()
             await self._load()
@@ -102,8 +108,14 @@ class Lifecycle:
             log.exception("the processor failed to start")
             self._fail(f"cannot start: {exc}", EXIT_ENGINE_FAILED)
             return
+        finally:
+            progress.cancel()
         self.state.phase = Phase.READY
-        log.info("ready on port %d", self.config.server.port)
+        log.info(
+            "ready on port %d, %.1f s after start",
+            self.config.server.port,
+            time.monotonic() - started,
+        )
         self._spawn(self._watch_engine(), "engine-watchdog")
 
     async def _prepare(self) -> None:
@@ -140,7 +152,32 @@ class Lifecycle:
                 await asyncio.to_thread(ensure_demo_model)
             report = await asyncio.to_thread(check_model, self.config.processor, self.engine)
             log.info("model check passed:\n%s", report.describe())
+            size = report.weight_bytes
+            shown = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+            files = f"{len(report.weight_files)} {report.weight_format} file(s)"
+            self._loading = f" {report.path} ({files}, {shown})"
         await self.state.load()
+
+    async def _report_progress(self, started: float) -> None:
+        """Logs each start-up phase as it begins, then every PROGRESS_INTERVAL_S while it lasts,
+        with the seconds spent and the GPU memory in use (it grows as weights load)."""
+        phase, since, reported = Phase.STARTING, started, started
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            if self.state.phase is not phase:
+                phase, since, reported = self.state.phase, now, now
+                log.info("start-up: %s (%.0f s after start)", phase.value, now - started)
+            elif now - reported >= PROGRESS_INTERVAL_S:
+                reported = now
+                what = self._loading if phase is Phase.LOADING else ""
+                gpus = await asyncio.to_thread(gpu_facts)
+                in_use = ""
+                if gpus:
+                    used = sum(gpu["memory_used_mib"] for gpu in gpus) / 1024
+                    total = sum(gpu["memory_total_mib"] for gpu in gpus) / 1024
+                    in_use = f"; GPU memory in use {used:.1f} of {total:.1f} GiB"
+                log.info("still %s%s: %.0f s%s", phase.value, what, now - since, in_use)
 
     async def _warm_up(self) -> None:
         path = self.config.lifecycle.warm_up_path

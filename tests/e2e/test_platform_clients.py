@@ -120,4 +120,9 @@ def test_health_and_ready_are_open(server):
 def test_service_json_was_honoured(server):
     log = server.log()
     assert "service JSON keys ignored" in log and "containers.0.image" in log
+    assert "enable_webservice" not in log  # honoured: the web page is served
     assert server.token not in log  # the token never reaches the logs
+    # Start-up is not silent: each phase is logged with the seconds since start.
+    progress = [line for line in log.splitlines() if "start-up:" in line or " still " in line]
+    assert any("start-up: loading model" in line for line in progress)
+    print("\n" + "\n".join(progress))
