@@ -71,6 +71,7 @@ class Lifecycle:
             )
         )
         self.exit_code = EXIT_OK
+        self._started = time.monotonic()  # start-up's log lines count from here
         self._loading = ""  # what is being loaded, for the progress lines
         self._stopping = False
         self._tasks: set[asyncio.Task] = set()
@@ -93,8 +94,7 @@ class Lifecycle:
         return self.exit_code
 
     async def _start_up(self) -> None:
-        started = time.monotonic()
-        progress = self._spawn(self._report_progress(started), "start-up progress")
+        progress = self._spawn(self._report_progress(), "start-up progress")
         try:
             await self._prepare()
             await self._load()
@@ -114,7 +114,7 @@ class Lifecycle:
         log.info(
             "ready on port %d, %.1f s after start",
             self.config.server.port,
-            time.monotonic() - started,
+            time.monotonic() - self._started,
         )
         self._spawn(self._watch_engine(), "engine-watchdog")
 
@@ -123,7 +123,7 @@ class Lifecycle:
         apply_container_env(prepare, os.environ)
         check_storage_mounts(prepare)
         if prepare.python_requirements or prepare.python_requirements_path:
-            self.state.phase = Phase.INSTALLING
+            self._enter(Phase.INSTALLING)
             await asyncio.to_thread(install_python_requirements, prepare)
         gpus = await asyncio.to_thread(gpu_facts)
         log.info("GPUs: %s", gpus if gpus is not None else "none seen (no NVML)")
@@ -146,7 +146,7 @@ class Lifecycle:
         }
 
     async def _load(self) -> None:
-        self.state.phase = Phase.LOADING
+        self._enter(Phase.LOADING)
         if serves_models(self.config.processor):
             if not self.config.engine.model_path:
                 await asyncio.to_thread(ensure_demo_model)
@@ -158,16 +158,20 @@ class Lifecycle:
             self._loading = f" {report.path} ({files}, {shown})"
         await self.state.load()
 
-    async def _report_progress(self, started: float) -> None:
-        """Logs each start-up phase as it begins, then every PROGRESS_INTERVAL_S while it lasts,
-        with the seconds spent and the GPU memory in use (it grows as weights load)."""
-        phase, since, reported = Phase.STARTING, started, started
+    def _enter(self, phase: Phase) -> None:
+        self.state.phase = phase
+        log.info("start-up: %s (%.0f s after start)", phase.value, time.monotonic() - self._started)
+
+    async def _report_progress(self) -> None:
+        """Every PROGRESS_INTERVAL_S of a start-up phase, says it goes on: the seconds spent in
+        it and the GPU memory in use (it grows as the weights arrive)."""
+        phase, since = self.state.phase, time.monotonic()
+        reported = since
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            if self.state.phase is not phase:
+            if self.state.phase is not phase:  # each phase logs its own beginning
                 phase, since, reported = self.state.phase, now, now
-                log.info("start-up: %s (%.0f s after start)", phase.value, now - started)
             elif now - reported >= PROGRESS_INTERVAL_S:
                 reported = now
                 what = self._loading if phase is Phase.LOADING else ""
@@ -182,6 +186,7 @@ class Lifecycle:
     async def _warm_up(self) -> None:
         path = self.config.lifecycle.warm_up_path
         if path:
+            self._enter(Phase.WARMING_UP)  # the processor is loaded: state.load() set it
             requests = read_warm_up(path, self.config.server.service_name)
             key, token = self.admission.warm_up_key, self.config.server.token
             await run_warm_up(self.app, requests, key, token)
