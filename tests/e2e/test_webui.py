@@ -130,3 +130,33 @@ def test_stop_aborts_the_answer_in_the_engine(page, server: Server):
     assert disconnects(server) - before == 1  # aborted by the server, not finished
     length = answer.evaluate("e => e.firstChild.data.length")
     print(f"\nweb page stop: {length} characters shown, engine idle")
+
+
+def test_errors_show_the_servers_message(page, server: Server):
+    """A refusal (429 here) and an error chunk mid-stream, as the runtime sends them; the
+    answers are stubbed in the browser, as a busy or draining server is hard to time."""
+    from playwright.sync_api import expect
+
+    open_with_token(page, server)
+    refusal = {"error": {"message": "the server is at its limit", "code": 429}}
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(status=429, json=refusal, headers={"Retry-After": "1"}),
+    )
+    page.fill("#prompt", "Hello")
+    page.click("#send")
+    expect(page.locator("#error")).to_have_text("429: the server is at its limit")
+    expect(page.locator("#prompt")).to_have_value("Hello")  # kept to retry, not in the history
+    expect(page.locator(".message.user.failed")).to_have_count(1)
+
+    chunk = {"choices": [{"index": 0, "delta": {"content": "Partial"}}]}
+    failure = {"error": {"message": "the server is shutting down", "code": 503}}
+    stream = f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(failure)}\n\ndata: [DONE]\n\n"
+    page.unroute("**/v1/chat/completions")
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(status=200, body=stream, content_type="text/event-stream"),
+    )
+    page.click("#send")
+    expect(page.locator("#error")).to_have_text("503: the server is shutting down")
+    expect(page.locator(".message.assistant").last).to_have_text("Partial")
