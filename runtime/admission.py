@@ -1,17 +1,21 @@
 """Which requests get in: readiness gating, the queue bound (429), and in-flight counting.
 
 Counting happens here, at the HTTP level, so a request counts until its last byte is sent (a
-stream included) and draining can wait for exactly that, for every API family alike.
+stream included) and draining can wait for exactly that, for every API family alike. A WebSocket
+connection is not a request: it is refused only while nothing is served, and each of its
+messages is admitted and counted like a request by its handler.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.asgi import send_error
+from runtime.asgi import refuse
 from runtime.errors import ApiError, ErrorKind
 from runtime.state import Phase, ServingState
 
@@ -35,7 +39,9 @@ class Admission:
             return None
         return self._state.processor.info.max_concurrency + self._max_queue_size
 
-    def refusal(self, is_warm_up: bool) -> tuple[ApiError, dict[str, str]] | None:
+    def refusal(
+        self, is_warm_up: bool, with_queue: bool = True
+    ) -> tuple[ApiError, dict[str, str]] | None:
         phase = self._state.phase
         if phase is not Phase.READY and not (is_warm_up and phase is Phase.WARMING_UP):
             if phase is Phase.DRAINING:
@@ -45,20 +51,23 @@ class Admission:
             self._state.metrics.rejections.labels("not_ready").inc()
             return ApiError(ErrorKind.UNAVAILABLE, message), {"Retry-After": "5"}
         limit = self.limit
-        if limit is not None and self.num_in_flight >= limit:
+        if with_queue and limit is not None and self.num_in_flight >= limit:
             self._state.metrics.rejections.labels("queue_full").inc()
             message = f"the server is at its limit of {limit} requests in flight; retry later"
             return ApiError(ErrorKind.OVERLOADED, message), {"Retry-After": "1"}
         return None
 
-    def enter(self) -> None:
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Count a request in flight while the block runs."""
         self.num_in_flight += 1
         self._idle.clear()
-
-    def leave(self) -> None:
-        self.num_in_flight -= 1
-        if self.num_in_flight == 0:
-            self._idle.set()
+        try:
+            yield
+        finally:
+            self.num_in_flight -= 1
+            if self.num_in_flight == 0:
+                self._idle.set()
 
     async def wait_idle(self, timeout: float) -> bool:
         """True when nothing is in flight within `timeout` seconds."""
@@ -85,15 +94,12 @@ class AdmissionMiddleware:
             return
         key = self.admission.warm_up_key.encode()
         is_warm_up = (WARM_UP_HEADER.encode(), key) in scope.get("headers", ())
-        refusal = self.admission.refusal(is_warm_up)
+        is_websocket = scope["type"] == "websocket"
+        refusal = self.admission.refusal(is_warm_up, with_queue=not is_websocket)
         if refusal is not None:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1013, "reason": refusal[0].message})
-            else:
-                await send_error(send, *refusal)
-            return
-        self.admission.enter()
-        try:
+            await refuse(scope, send, *refusal)
+        elif is_websocket:
             await self.app(scope, receive, send)
-        finally:
-            self.admission.leave()
+        else:
+            with self.admission.admitted():
+                await self.app(scope, receive, send)

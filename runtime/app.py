@@ -11,6 +11,7 @@ from processors.base import RawProcessor
 from runtime import __version__
 from runtime.admission import Admission, AdmissionMiddleware
 from runtime.api.chatllm import chatllm_router
+from runtime.api.chatllm_ws import chatllm_websocket_router
 from runtime.api.framing import json_response
 from runtime.api.health import health_router, probe_paths
 from runtime.api.introspection import introspection_router
@@ -20,6 +21,7 @@ from runtime.api.raw import raw_router
 from runtime.api.webui import PAGE_PATHS, serves_webui, webui_router
 from runtime.auth import TokenAuth
 from runtime.body_limit import BodyLimitMiddleware
+from runtime.call_log import CallLogMiddleware
 from runtime.errors import (
     HTTP_STATUS,
     ApiError,
@@ -46,12 +48,13 @@ def build_app(state: ServingState) -> FastAPI:
         app.include_router(raw_router(state, state.processor))
     else:
         app.include_router(chatllm_router(state))
+        app.include_router(chatllm_websocket_router(state, admission))
     webui = serves_webui(state)
     if webui:
         app.include_router(webui_router())
     _add_error_handlers(app)
-    # Starlette runs the last added middleware first: HTTP metrics (which see every answer),
-    # body limit, auth, then admission.
+    # Starlette runs the last added middleware first: call records and HTTP metrics (which see
+    # every answer), body limit, auth, then admission.
     app.add_middleware(AdmissionMiddleware, admission=admission)
     server = state.config.server
     if server.token:
@@ -64,6 +67,8 @@ def build_app(state: ServingState) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.config.lifecycle.max_body_bytes)
     routes = frozenset(getattr(route, "path", "") for route in app.routes)
     app.add_middleware(HttpMetricsMiddleware, metrics=state.metrics, routes=routes)
+    if state.call_log is not None:
+        app.add_middleware(CallLogMiddleware, call_log=state.call_log)
     return app
 
 

@@ -7,7 +7,7 @@ from collections.abc import Collection
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.asgi import send_error
+from runtime.asgi import refuse
 from runtime.errors import ApiError, ErrorKind
 
 
@@ -57,8 +57,5 @@ class TokenAuth:
             await self.app(scope, receive, send)
             return
         message = "missing Authorization header" if header is None else "invalid service token"
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": message})
-            return
         error = ApiError(ErrorKind.UNAUTHORIZED, message)
-        await send_error(send, error, {"WWW-Authenticate": "Bearer"})
+        await refuse(scope, send, error, {"WWW-Authenticate": "Bearer"})

@@ -44,6 +44,9 @@ SERVE_FLAGS: dict[str, str] = {
     "--model-entry": "model_entry",
     "--model-config": "model_config",
     "--worker-threads": "worker_threads",
+    "--call-log": "call_log",
+    "--call-log-max-bytes": "call_log_max_bytes",
+    "--call-log-backups": "call_log_backups",
 }
 
 

@@ -16,6 +16,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
 from processors.base import GenerationRequest, Processor, SamplingParams, Step, TokenLogprob
+from runtime.call_log import current_call
 from runtime.errors import ApiError, ErrorKind, from_exception
 from runtime.metrics import Metrics
 
@@ -76,6 +77,8 @@ class Generator:
         self, request_id: str, prompt_token_ids: Sequence[int], sampling: SamplingParams
     ) -> AsyncGenerator[Step, None]:
         request = GenerationRequest(request_id, prompt_token_ids, sampling)
+        call = current_call()  # the call record this request's steps go to, if any
+        call.note_request(request_id)
         self._abort_reasons[request_id] = None
         deadline = None
         if self.request_timeout is not None:
@@ -101,16 +104,19 @@ class Generator:
                     if step.finish_reason is not None:
                         finished = True
                         timer.finish(step.num_prompt_tokens, num_output_tokens, step.finish_reason)
+                    call.note_step(request_id, step)
                     yield step
-        except ApiError:
-            finished = True
-            raise
         except Exception as exc:
             finished = True
-            raise from_exception(exc) from exc
+            error = from_exception(exc)
+            call.note_error(error)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             if not finished:  # closed before its end: the client left
                 self.metrics.disconnects.inc()
+                call.note_error(ApiError(ErrorKind.CLIENT_CLOSED, "the client left"))
             if deadline is not None:
                 deadline.cancel()
             self._abort_reasons.pop(request_id, None)
@@ -140,6 +146,7 @@ class Generator:
         self, request_id: str, prompts: Sequence[Sequence[int]], sampling: SamplingParams, n: int
     ) -> AsyncGenerator[tuple[int, Step], None]:
         """Steps of `n` choices per prompt, tagged with their choice index, as they come."""
+        current_call().note_request(request_id)  # before the choices' suffixed ids
         streams = []
         for prompt_index, prompt in enumerate(prompts):
             for sample in range(n):

@@ -68,6 +68,7 @@ class Lifecycle:
                 # Requests are drained before the server is told to exit; this only bounds
                 # connections that are stuck.
                 timeout_graceful_shutdown=5,
+                ws_max_size=config.lifecycle.max_body_bytes,  # a WebSocket message is a body
             )
         )
         self.exit_code = EXIT_OK
@@ -90,6 +91,8 @@ class Lifecycle:
             if self.state.phase is not Phase.FAILED:
                 self.state.phase = Phase.STOPPING
             await self._shutdown_processor()
+            if self.state.call_log is not None:  # every record of the drained requests lands
+                await asyncio.to_thread(self.state.call_log.close)
         log.info("stopped (exit code %d)", self.exit_code)
         return self.exit_code
 
@@ -122,6 +125,11 @@ class Lifecycle:
         prepare, lifecycle = self.config.prepare, self.config.lifecycle
         apply_container_env(prepare, os.environ)
         check_storage_mounts(prepare)
+        if self.state.call_log is not None:
+            try:
+                self.state.call_log.open()
+            except OSError as exc:
+                raise PrepareError(f"cannot open the call log: {exc}") from exc
         if prepare.python_requirements or prepare.python_requirements_path:
             self._enter(Phase.INSTALLING)
             await asyncio.to_thread(install_python_requirements, prepare)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import logging
 
 from processors.base import Processor, ProcessorInfo
+from runtime.call_log import CallLog
 from runtime.config import RuntimeConfig
 from runtime.errors import ApiError, ErrorKind
 from runtime.generation import Generator
@@ -28,6 +31,8 @@ class Phase(enum.Enum):
 
 # Phases in which the model is loaded and requests already admitted are served.
 SERVING_PHASES = (Phase.WARMING_UP, Phase.READY, Phase.DRAINING)
+# Phases in which serving is ending: connections kept open between requests close.
+ENDING_PHASES = (Phase.DRAINING, Phase.STOPPING, Phase.FAILED)
 
 
 class ServingState:
@@ -36,6 +41,10 @@ class ServingState:
         self.processor = processor
         self.metrics = Metrics()
         self.generator = Generator(processor, config.lifecycle.request_timeout, self.metrics)
+        self.call_log = (
+            CallLog(config.call_log, config.server.token) if config.call_log.path else None
+        )
+        self._stop_waiters: set[asyncio.Future] = set()
         self.phase = Phase.STARTING
         self.host_facts: dict = {}  # what start-up measured: GPUs, shared memory
         self._prompts: PromptBuilder | None = None
@@ -54,8 +63,34 @@ class ServingState:
 
     async def start(self) -> None:
         """Load and go straight to ready (no warm-up): for tests and embedding."""
+        if self.call_log is not None:
+            self.call_log.open()
         await self.load()
         self.phase = Phase.READY
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: Phase) -> None:
+        self._phase = phase
+        if phase in ENDING_PHASES:
+            for waiter in list(self._stop_waiters):
+                # Thread-safe, as tests change the phase from outside the serving loop.
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                    waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
+
+    def stopping(self) -> asyncio.Future:
+        """Resolves when serving ends (drain, stop, engine death): connections that stay open
+        between requests, such as WebSockets, close then."""
+        waiter = asyncio.get_running_loop().create_future()
+        if self._phase in ENDING_PHASES:
+            waiter.set_result(None)
+            return waiter
+        self._stop_waiters.add(waiter)
+        waiter.add_done_callback(self._stop_waiters.discard)
+        return waiter
 
     @property
     def is_ready(self) -> bool:
@@ -81,3 +116,8 @@ class ServingState:
                 f"/api/predict/{self.config.server.service_name}",
             )
         return self._prompts
+
+
+def _resolve(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from processors.base import SamplingParams
 from runtime.api.disconnect import unless_disconnected
 from runtime.api.framing import json_response, nul_record, nul_response, primed
 from runtime.api.schema import ChatLLMRequest
@@ -61,6 +62,15 @@ def chatllm_messages(chat: ChatLLMRequest) -> list[dict[str, str]]:
     return messages
 
 
+def prepare_chat(state: ServingState, chat: ChatLLMRequest) -> tuple[list[int], SamplingParams]:
+    """The prompt's token ids and the sampling, checked against the context window."""
+    prompt_ids = state.prompts.encode_chat(chatllm_messages(chat))
+    max_tokens = state.prompts.budget(
+        len(prompt_ids), chat.max_new_tokens, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS
+    )
+    return prompt_ids, chat.sampling(max_tokens)
+
+
 def chatllm_router(state: ServingState) -> APIRouter:
     router = APIRouter()
     stream_default = state.config.server.chatllm_stream_default
@@ -69,11 +79,7 @@ def chatllm_router(state: ServingState) -> APIRouter:
         state.require_ready()
         body = await request.body()
         chat, is_plain = parse_chatllm_body(body, request.headers.get("content-type", ""))
-        prompt_ids = state.prompts.encode_chat(chatllm_messages(chat))
-        max_tokens = state.prompts.budget(
-            len(prompt_ids), chat.max_new_tokens, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS
-        )
-        sampling = chat.sampling(max_tokens)
+        prompt_ids, sampling = prepare_chat(state, chat)
         request_id = new_request_id("chatllm")
         streaming = not is_plain and (
             stream_default if chat.use_stream_chat is None else chat.use_stream_chat

@@ -43,6 +43,10 @@ KEY_PATHS: dict[str, tuple[str, ...]] = {
     "model_config": ("model_config",),
     "worker_threads": ("metadata.rpc.worker_threads", "rpc.worker_threads", "metadata.workers"),
     "webui": ("metadata.enable_webservice",),
+    # The platform's "save call records" is a console switch; here it is a file and its rotation.
+    "call_log": ("metadata.call_log.path", "metadata.call_log"),
+    "call_log_max_bytes": ("metadata.call_log.max_bytes",),
+    "call_log_backups": ("metadata.call_log.backups",),
 }
 # The platform gives keepalive in milliseconds; the runtime's setting is in seconds.
 CONVERSIONS = {

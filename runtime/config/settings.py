@@ -69,6 +69,10 @@ SETTINGS: dict[str, Setting] = {
     "python_requirements_path": Setting(str, "requirements file installed before loading"),
     "storage_mounts": Setting("list", "mount paths that must exist and be readable"),
     "container_env": Setting("pairs", "environment the service JSON sets"),
+    # call records (the platform's "save call records")
+    "call_log": Setting(str, "file to append call records to, one JSON line per call"),
+    "call_log_max_bytes": Setting(int, "rotate the call log beyond this size (0: never)"),
+    "call_log_backups": Setting(int, "rotated call logs kept (PATH.1, PATH.2, ...)"),
 }
 
 DTYPES = ("auto", "float16", "half", "bfloat16", "float32", "float")
@@ -115,6 +119,13 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
+class CallLogConfig:
+    path: str | None = None  # None: no call records
+    max_bytes: int = 100 << 20
+    backups: int = 5
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     processor: str = "auto"
@@ -123,6 +134,7 @@ class RuntimeConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     custom: CustomSettings = field(default_factory=CustomSettings)
+    call_log: CallLogConfig = field(default_factory=CallLogConfig)
     ignored_keys: tuple[str, ...] = ()
 
     def redacted(self) -> dict[str, Any]:
@@ -233,6 +245,14 @@ def build_config(layers: list[tuple[str, Mapping[str, Any]]], ignored_keys=()) -
             model_config=merged.get("model_config"),
             worker_threads=merged.get("worker_threads"),
         ),
+        call_log=CallLogConfig(
+            path=merged.get("call_log"),
+            **{
+                k: merged[f"call_log_{k}"]
+                for k in ("max_bytes", "backups")
+                if f"call_log_{k}" in merged
+            },
+        ),
         ignored_keys=tuple(ignored_keys),
     )
     _validate(config)
@@ -256,6 +276,12 @@ def _validate(config: RuntimeConfig) -> None:
             f"log_level must be one of {', '.join(LOG_LEVELS)}, got {server.log_level!r}"
         )
     _validate_lifecycle(config.lifecycle)
+    call_log = config.call_log
+    if call_log.max_bytes < 0 or call_log.backups < 1:
+        raise ConfigError(
+            "call_log_max_bytes must be 0 or more and call_log_backups at least 1, got "
+            f"{call_log.max_bytes} and {call_log.backups}"
+        )
     threads = config.custom.worker_threads
     if threads is not None and threads < 1:
         raise ConfigError(f"worker_threads must be at least 1, got {threads}")

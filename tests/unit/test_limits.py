@@ -12,7 +12,7 @@ from runtime.app import build_app
 from runtime.config import load_config
 from runtime.errors import ApiError, ErrorKind
 from runtime.state import Phase, ServingState
-from tests.unit.conftest import make_client
+from tests.unit.conftest import make_client, post_then_leave
 from tests.unit.fake_processor import FakeProcessor
 
 
@@ -120,10 +120,9 @@ def test_renamed_probe_paths_answer_alongside_the_defaults(fake):
 
 def test_liveness_reports_engine_load_and_death(fake):
     client = make_client(fake)
-    client.app.state.admission.enter()
-    body = client.get("/health").json()
+    with client.app.state.admission.admitted():
+        body = client.get("/health").json()
     assert (body["num_in_flight"], body["num_running"], body["num_waiting"]) == (1, 0, 0)
-    client.app.state.admission.leave()
 
     async def dead():
         raise RuntimeError("engine core exited")
@@ -139,30 +138,7 @@ def test_client_disconnect_aborts_a_non_streaming_request(demo_tokenizer, path):
     state, app = started_app(fake)
     body = {"prompt": "x", "max_tokens": 40, "max_new_tokens": 40}  # 2 s unless aborted
 
-    async def leave_early():
-        messages = iter([{"type": "http.request", "body": json.dumps(body).encode()}])
-
-        async def receive():
-            message = next(messages, None)
-            if message is not None:
-                return message
-            while state.generator.num_running == 0:  # leave once generation is under way
-                await asyncio.sleep(0.01)
-            return {"type": "http.disconnect"}
-
-        async def send(message):
-            pass
-
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": path,
-            "headers": [(b"content-type", b"application/json")],
-            "query_string": b"",
-            "http_version": "1.1",
-        }
-        await app(scope, receive, send)
-
-    asyncio.run(leave_early())
+    # leave once generation is under way
+    post_then_leave(app, path, body, lambda _: state.generator.num_running > 0)
     assert len(fake.aborted) == 1 and not fake.running
     assert app.state.admission.num_in_flight == 0
