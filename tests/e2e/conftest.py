@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -23,6 +24,8 @@ import requests
 TOKEN = "e2e-secret-token"
 SERVICE_NAME = "demo-chat"
 READY_TIMEOUT_S = 600
+CALL_LOG = "calls.jsonl"  # in the session server's folder
+EOS = "<EOS>"
 
 
 def free_port() -> int:
@@ -48,6 +51,35 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def websocket(self, path: str = "/", token: str | None = None):
+        """A websocket-client connection to the ChatLLM API (the service token by default)."""
+        import websocket
+
+        return websocket.create_connection(
+            self.url.replace("http://", "ws://") + path,
+            header={"Authorization": self.token if token is None else token},
+            timeout=120,
+        )
+
+
+def ask(ws, request: dict) -> list[str]:
+    """Send one ChatLLM message; the messages answering it, up to (not including) its <EOS>."""
+    ws.send(json.dumps(request))
+    answer = []
+    while (message := ws.recv()) != EOS:
+        answer.append(message)
+    return answer
+
+
+def close_code(ws) -> int:
+    """Read up to the server's close frame; its status code."""
+    import websocket
+
+    while True:
+        opcode, frame = ws.recv_data_frame(True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return struct.unpack("!H", frame.data[:2])[0]
 
 
 def wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
@@ -130,7 +162,11 @@ def serve_service_json(workdir: Path, model_cache_dir: Path, *args: str) -> Serv
                 "env": [{"name": "VLLM_CPU_KVCACHE_SPACE", "value": "1"}],
             }
         ],
-        "metadata": {"instance": 1, "enable_webservice": True},
+        "metadata": {
+            "instance": 1,
+            "enable_webservice": True,
+            "call_log": {"path": str(workdir / CALL_LOG)},
+        },
     }
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "service.json").write_text(json.dumps(service))
@@ -147,6 +183,8 @@ def stop_cleanly(server: Server) -> None:
     code = stop(server.process)
     assert code == 0, f"the server exited with {code}:\n{server.log()[-3000:]}"
     assert_children_gone(children)
+    calls = (workdir / CALL_LOG).read_text()  # every call of the session, the 401s included
+    assert TOKEN not in calls and all(json.loads(line) for line in calls.splitlines())
 
 
 @pytest.fixture(scope="session")

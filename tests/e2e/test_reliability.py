@@ -18,7 +18,13 @@ import psutil
 import pytest
 import requests
 
-from tests.e2e.conftest import Server, assert_children_gone, engine_children
+from tests.e2e.conftest import (
+    EOS,
+    Server,
+    assert_children_gone,
+    close_code,
+    engine_children,
+)
 
 DEADLINE_S = 120
 
@@ -98,6 +104,26 @@ def chat_whole(server: Server, max_tokens: int, _: threading.Event | None = None
     }
 
 
+def websocket_chat(
+    server: Server, max_tokens: int, start_reading: threading.Event | None = None
+) -> dict:
+    """A ChatLLM answer over WebSocket; a draining server then closes with 1001 (going away).
+    Its token count is in the call log (streamed steps may carry several tokens each)."""
+    ws = server.websocket()
+    try:
+        ws.send(json.dumps({"prompt": "Hello", "max_new_tokens": max_tokens, "do_sample": False}))
+        if start_reading is not None:
+            start_reading.wait(DEADLINE_S)
+        messages = []
+        while (message := ws.recv()) != EOS:
+            messages.append(message)
+        closed = close_code(ws)
+    finally:
+        ws.close()
+    error = json.loads(messages[-1])["error"] if messages[-1].startswith('{"error"') else None
+    return {"status": 200, "error": error, "tokens": None, "closed": closed}
+
+
 def in_flight(server: Server) -> int:
     return requests.get(f"{server.url}/health", timeout=10).json().get("num_in_flight", 0)
 
@@ -117,12 +143,15 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_sigterm_drains_every_kind_of_request_to_completion(launch):
-    server = launch("--grace-period", "90", "--max-num-seqs", "32")
+def test_sigterm_drains_every_kind_of_request_to_completion(launch, tmp_path):
+    call_log = tmp_path / "calls.jsonl"
+    server = launch("--grace-period", "90", "--max-num-seqs", "32", "--call-log", str(call_log))
     children = engine_children(server)
     kinds = [completion_stream] * 12 + [chatllm_stream] * 6 + [chat_whole] * 6
+    kinds += [websocket_chat] * 4
     max_tokens = 1000  # seconds of work, so all are in flight when the signal comes
     start_reading = threading.Event()
+    idle = server.websocket()  # a connection between messages is not a request in flight
     with ThreadPoolExecutor(len(kinds)) as pool:
         futures = [pool.submit(kind, server, max_tokens, start_reading) for kind in kinds]
         wait_for(lambda: in_flight(server) == len(kinds), 60, "all requests in flight")
@@ -141,19 +170,29 @@ def test_sigterm_drains_every_kind_of_request_to_completion(launch):
         )
         assert refused.status_code == 503
         assert "shutting down" in refused.json()["error"]["message"]
+        assert close_code(idle) == 1001  # at once: it has nothing to finish
+        idle.close()
         start_reading.set()
         results = [future.result(timeout=DEADLINE_S) for future in futures]
     code = server.process.wait(timeout=60)
+    # Every record was written before the exit: the refused one and all the drained ones.
+    records = [json.loads(line) for line in call_log.read_text().splitlines()]
     print(
         f"\nSIGTERM with {len(kinds)} requests in flight: "
-        f"{sum(r['tokens'] == max_tokens for r in results)} completed with all {max_tokens} "
-        f"tokens; exit {code} {time.monotonic() - signalled:.1f} s after the signal"
+        f"{sum(r['output_tokens'] == max_tokens for r in records)} completed with all "
+        f"{max_tokens} tokens (call log); exit {code} {time.monotonic() - signalled:.1f} s after "
+        "the signal"
     )
     assert [r["status"] for r in results] == [200] * len(kinds)
     assert [r["error"] for r in results] == [None] * len(kinds)
-    assert [r["tokens"] for r in results] == [max_tokens] * len(kinds)
+    assert [r["tokens"] for r in results if r["tokens"] is not None] == [max_tokens] * 24
+    assert [r["closed"] for r in results if "closed" in r] == [1001] * 4  # after the answer
     assert code == 0
     assert_children_gone(children)
+    outcomes = sorted((r["status"], r["output_tokens"], r["method"]) for r in records)
+    assert outcomes == [(200, max_tokens, "POST")] * 24 + [(200, max_tokens, "WEBSOCKET")] * 4 + [
+        (503, None, "POST")
+    ]
 
 
 def test_when_the_grace_period_ends_open_streams_get_a_final_error(launch):
