@@ -91,16 +91,12 @@ class ChatSession:
 
     async def _answer(self, data: bytes, reader: asyncio.Task, stopping: asyncio.Future) -> bool:
         """Answer one message; False when the connection is over."""
-        refusal = self.admission.refusal(is_warm_up=False)
-        if refusal is not None:  # over the queue limit, or draining
-            await self._send_error(refusal[0])
-            await self.websocket.send_text(EOS)
-            if stopping.done():
-                await self._go_away()
-                return False
-            return True
-        with self.admission.admitted():
-            reply = asyncio.ensure_future(self._reply(data))
+        refusal = self.admission.refusal(is_warm_up=False)  # over the queue limit, or draining
+        counted = self.admission.admitted() if refusal is None else contextlib.nullcontext()
+        with counted:
+            reply = asyncio.ensure_future(
+                self._reply(data, None if refusal is None else refusal[0])
+            )
             await asyncio.wait({reply, reader}, return_when=asyncio.FIRST_COMPLETED)
             if not reply.done():  # the client left: stop, which aborts the engine request
                 reply.cancel()
@@ -113,10 +109,12 @@ class ChatSession:
                 return False
         return True
 
-    async def _reply(self, data: bytes) -> None:
+    async def _reply(self, data: bytes, refusal: ApiError | None) -> None:
         call = CallRecord("WEBSOCKET", self.websocket.scope["path"], self.websocket.client, data)
         with recording(self.state.call_log, call):
             try:
+                if refusal is not None:
+                    raise refusal
                 await self._converse(data)
             except (asyncio.CancelledError, WebSocketDisconnect):
                 call.note_error(ApiError(ErrorKind.CLIENT_CLOSED, "the client left"))

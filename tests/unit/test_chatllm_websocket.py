@@ -148,9 +148,10 @@ def test_the_request_timeout_applies_to_each_message(demo_tokenizer):
             assert ask(ws, {"prompt": "x", "max_new_tokens": 5}) == [f"w{i} " for i in range(5)]
 
 
-def test_messages_over_the_queue_limit_get_429_and_an_eos(client):
-    client = make_client(client.app.state.serving.processor, max_queue_size=0)
-    admission = client.app.state.admission
+def test_messages_over_the_queue_limit_get_429_and_an_eos_and_are_recorded(fake, tmp_path):
+    calls = tmp_path / "calls.jsonl"
+    client = make_client(fake, max_queue_size=0, call_log=str(calls))
+    admission, call_log = client.app.state.admission, client.app.state.serving.call_log
     with client.websocket_connect("/") as ws, contextlib.ExitStack() as busy:
         for _ in range(admission.limit):
             busy.enter_context(admission.admitted())
@@ -158,3 +159,11 @@ def test_messages_over_the_queue_limit_get_429_and_an_eos(client):
         assert json.loads(error)["error"]["code"] == 429
         busy.close()
         assert ask(ws, {"prompt": "x", "max_new_tokens": 1}) == ["w0 "]
+    call_log.close()
+    refused, served = (json.loads(line) for line in calls.read_text().splitlines())
+    assert (refused["status"], refused["finish_reason"], refused["method"]) == (
+        429,
+        None,
+        "WEBSOCKET",
+    )
+    assert (served["status"], served["response"]) == (200, "w0 ")
