@@ -30,8 +30,11 @@ def chat_in_a_process(url: str, token: str, path: str, index: int) -> list[list[
                 request["use_stream_chat"] = False
             answers.append(ask(ws, request))
         ws.ping(b"still there?")
-        opcode, frame = ws.recv_data_frame(True)  # the server answers pings
-        answers.append([websocket.ABNF.OPCODE_MAP[opcode], frame.data.decode()])
+        for _ in range(3):  # the server answers pings (a keepalive ping of its own may come first)
+            opcode, frame = ws.recv_data_frame(True)
+            if opcode == websocket.ABNF.OPCODE_PONG:
+                answers.append(["pong", frame.data.decode()])
+                break
     finally:
         ws.close()
     return answers
