@@ -183,7 +183,7 @@ def stop_cleanly(server: Server) -> None:
     code = stop(server.process)
     assert code == 0, f"the server exited with {code}:\n{server.log()[-3000:]}"
     assert_children_gone(children)
-    calls = (workdir / CALL_LOG).read_text()  # every call of the session, the 401s included
+    calls = (server.log_path.parent / CALL_LOG).read_text()  # every call, the 401s included
     assert TOKEN not in calls and all(json.loads(line) for line in calls.splitlines())
 
 
