@@ -26,6 +26,7 @@ from tests.e2e.test_reliability import (
     test_clients_that_leave_free_the_engine_at_once,  # noqa: F401
     wait_for,
 )
+from tests.e2e.test_websocket_chat import *  # noqa: F403
 
 
 @pytest.fixture(scope="module")
