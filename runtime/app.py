@@ -17,6 +17,7 @@ from runtime.api.health import health_router, probe_paths
 from runtime.api.introspection import introspection_router
 from runtime.api.openai_chat import openai_chat_router
 from runtime.api.openai_completions import completions_router
+from runtime.api.queue import queue_router
 from runtime.api.raw import raw_router
 from runtime.api.webui import PAGE_PATHS, serves_webui, webui_router
 from runtime.auth import TokenAuth
@@ -31,23 +32,42 @@ from runtime.errors import (
     from_exception,
 )
 from runtime.metrics import HttpMetricsMiddleware
+from runtime.queue import open_queue
+from runtime.queue.workers import QueueWorkers
 from runtime.state import ServingState
 
 
 def build_app(state: ServingState) -> FastAPI:
     """The app; `app.state.admission` counts and gates the requests in flight."""
-    app = FastAPI(title="llm-runtime", version=__version__, docs_url=None, redoc_url=None)
     admission = Admission(state, state.config.lifecycle.max_queue_size)
+    if isinstance(state.processor, RawProcessor):  # a custom processor owns the platform routes
+        platform = raw_router(state, state.processor)
+    else:
+        platform = chatllm_router(state)
+    queue = None
+    if state.config.queue.enabled:  # the platform routes enqueue; workers call `platform`
+        handler = FastAPI()
+        handler.include_router(platform)
+        _add_error_handlers(handler)
+        queue = QueueWorkers(
+            state, open_queue(state.config), handler, admission, state.config.queue.result_ttl
+        )
+    app = FastAPI(
+        title="llm-runtime",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=queue.lifespan if queue else None,
+    )
     app.state.serving = state
     app.state.admission = admission
+    app.state.queue = queue
     app.include_router(health_router(state, admission))
     app.include_router(introspection_router(state, admission))
     app.include_router(openai_chat_router(state))
     app.include_router(completions_router(state))
-    if isinstance(state.processor, RawProcessor):  # a custom processor owns the platform routes
-        app.include_router(raw_router(state, state.processor))
-    else:
-        app.include_router(chatllm_router(state))
+    app.include_router(queue_router(state, queue, admission) if queue else platform)
+    if not isinstance(state.processor, RawProcessor):  # WebSocket chat stays synchronous
         app.include_router(chatllm_websocket_router(state, admission))
     webui = serves_webui(state)
     if webui:
@@ -75,7 +95,7 @@ def build_app(state: ServingState) -> FastAPI:
 def _add_error_handlers(app: FastAPI) -> None:
     async def on_api_error(request: Request, exc: Exception) -> Response:
         error = from_exception(exc)
-        headers = {"Retry-After": "5"} if error.status in (429, 503) else None
+        headers = {"Retry-After": "5"} if error.status in (429, 450, 503) else None
         return json_response(error.body(), error.status, headers)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:

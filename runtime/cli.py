@@ -47,6 +47,8 @@ SERVE_FLAGS: dict[str, str] = {
     "--call-log": "call_log",
     "--call-log-max-bytes": "call_log_max_bytes",
     "--call-log-backups": "call_log_backups",
+    "--queue-path": "queue_path",
+    "--queue-result-ttl": "queue_result_ttl",
 }
 
 
@@ -80,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=argparse.SUPPRESS,
         help=SETTINGS["webui"].help,
+    )
+    serve.add_argument(
+        "--async",
+        dest="async",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=SETTINGS["async"].help,
     )
     serve.add_argument(
         "--chatllm-stream-default",
@@ -153,7 +162,11 @@ def serve_processor(user: Any) -> int:
         return 2
     if config.custom.worker_threads:
         user.worker_threads = config.custom.worker_threads
-    return serve(config, CustomProcessor.for_instance(user, resolve_model(config)))
+    try:
+        return serve(config, CustomProcessor.for_instance(user, resolve_model(config)))
+    except ConfigError as exc:  # e.g. an --async queue file that cannot be opened
+        log.error("configuration error: %s", exc)
+        return 2
 
 
 def _serve(args: dict[str, Any]) -> int:

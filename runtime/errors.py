@@ -23,6 +23,7 @@ class ErrorKind(enum.Enum):
     TIMEOUT = "timeout_error"
     TOO_LARGE = "request_too_large"
     OVERLOADED = "rate_limit_error"
+    QUEUE_FULL = "queue_full_error"
     UNAVAILABLE = "service_unavailable"
     ENGINE_DEAD = "engine_dead"
     CLIENT_CLOSED = "client_closed_request"
@@ -36,6 +37,7 @@ HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.TIMEOUT: 408,
     ErrorKind.TOO_LARGE: 413,
     ErrorKind.OVERLOADED: 429,
+    ErrorKind.QUEUE_FULL: 450,  # the platform's queue service answers a full queue so
     ErrorKind.UNAVAILABLE: 503,
     ErrorKind.ENGINE_DEAD: 503,
     ErrorKind.CLIENT_CLOSED: 499,  # nginx's code: nobody reads it, the logs and metrics do

@@ -117,6 +117,12 @@ class Metrics:
             "llm_runtime_requests_in_flight", "Requests being served.", registry=r
         )
         self.draining = Gauge("llm_runtime_draining", "1 while draining after SIGTERM.", registry=r)
+        self.queue_items = Gauge(
+            "llm_runtime_queue_items",
+            "Items in the asynchronous queue (--async), by state: pending, running, done.",
+            ("state",),
+            registry=r,
+        )
 
     def set_model_name(self, model_name: str) -> None:
         self._labels = (model_name, "0")

@@ -89,6 +89,11 @@ def read_service_json(path: str | Path) -> tuple[dict[str, Any], list[str]]:
         used.add("processor_type")
         values["processor"] = "custom"
 
+    found, service_type = _lookup(document, "metadata.type")
+    if found:  # "Async" is the platform's asynchronous service; other types serve as usual
+        used.add("metadata.type")
+        values["async"] = str(service_type).lower() == "async"
+
     found, enable_sigterm = _lookup(document, "metadata.rpc.enable_sigterm")
     if found:
         used.add("metadata.rpc.enable_sigterm")

@@ -73,6 +73,10 @@ SETTINGS: dict[str, Setting] = {
     "call_log": Setting(str, "file to append call records to, one JSON line per call"),
     "call_log_max_bytes": Setting(int, "rotate the call log beyond this size (0: never)"),
     "call_log_backups": Setting(int, "rotated call logs kept (PATH.1, PATH.2, ...)"),
+    # asynchronous inference (the platform's queue service)
+    "async": Setting(bool, "enqueue requests on the service routes; results come from /sink"),
+    "queue_path": Setting(str, "SQLite file holding the asynchronous queue"),
+    "queue_result_ttl": Setting(float, "seconds a finished result stays readable at /sink"),
 }
 
 DTYPES = ("auto", "float16", "half", "bfloat16", "float32", "float")
@@ -126,6 +130,15 @@ class CallLogConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """The asynchronous API (PROTOCOLS §9); `max_queue_size` bounds its pending items (450)."""
+
+    enabled: bool = False
+    path: str | None = None  # None: <cache dir>/queue/<service name>.sqlite3
+    result_ttl: float = 24 * 3600.0
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     processor: str = "auto"
@@ -135,6 +148,7 @@ class RuntimeConfig:
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     custom: CustomSettings = field(default_factory=CustomSettings)
     call_log: CallLogConfig = field(default_factory=CallLogConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     ignored_keys: tuple[str, ...] = ()
 
     def redacted(self) -> dict[str, Any]:
@@ -253,6 +267,11 @@ def build_config(layers: list[tuple[str, Mapping[str, Any]]], ignored_keys=()) -
                 if f"call_log_{k}" in merged
             },
         ),
+        queue=QueueConfig(
+            enabled=merged.get("async", False),
+            path=merged.get("queue_path"),
+            result_ttl=merged.get("queue_result_ttl", QueueConfig.result_ttl),
+        ),
         ignored_keys=tuple(ignored_keys),
     )
     _validate(config)
@@ -282,6 +301,8 @@ def _validate(config: RuntimeConfig) -> None:
             "call_log_max_bytes must be 0 or more and call_log_backups at least 1, got "
             f"{call_log.max_bytes} and {call_log.backups}"
         )
+    if config.queue.result_ttl <= 0:
+        raise ConfigError(f"queue_result_ttl must be positive, got {config.queue.result_ttl}")
     threads = config.custom.worker_threads
     if threads is not None and threads < 1:
         raise ConfigError(f"worker_threads must be at least 1, got {threads}")

@@ -1,0 +1,255 @@
+"""The asynchronous API (--async) over the fake processor: enqueue, sink, 450, drain, auth."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from processors.custom_processor import CustomProcessor
+from processors.settings import CustomSettings, EngineSettings
+from runtime.admission import WARM_UP_HEADER
+from runtime.app import build_app
+from runtime.config import load_config
+from runtime.errors import ApiError, ErrorKind
+from runtime.state import Phase, ServingState
+from tests.unit.conftest import TOKEN
+from tests.unit.fake_processor import FakeProcessor
+
+ROOT = Path(__file__).resolve().parents[2]
+KINDS = ROOT / "tests/fixtures/processors/kinds.py"
+SINK = "/api/predict/demo/sink"
+ID_HEADER = "X-Eas-Queueservice-Request-Id"
+
+
+def async_client(processor, tmp_path, **settings) -> TestClient:
+    """An --async app; its workers run inside `with client:` (the app's lifespan)."""
+    settings = {"service_name": "demo", "queue_path": str(tmp_path / "q.sqlite3"), **settings}
+    config = load_config({"async": True, **settings}, environ={})
+    state = ServingState(config, processor)
+    asyncio.run(state.start())
+    return TestClient(build_app(state), raise_server_exceptions=False)
+
+
+def enqueue(client, body, path="/api/predict/demo", **kwargs) -> str:
+    response = client.post(path, content=body, **kwargs)
+    assert response.status_code == 200, response.text
+    assert response.text.isdigit()  # the queue index
+    return response.headers[ID_HEADER]
+
+
+def wait_result(client, request_id, **kwargs) -> dict:
+    """Poll the sink as clients do; each poll waits up to 5 s on the server for the result."""
+    for _ in range(20):
+        response = client.get(SINK, params={"requestId": request_id, "_timeout_": "5s"}, **kwargs)
+        if response.status_code != 204:
+            assert response.status_code == 200, response.text
+            (frame,) = response.json()
+            return frame
+    raise AssertionError(f"no result for {request_id}")
+
+
+def test_queued_chatllm_requests_get_the_synchronous_answer(fake, tmp_path):
+    with async_client(fake, tmp_path) as client:
+        ids = [
+            enqueue(
+                client,
+                json.dumps({"prompt": f"p{i}", "max_new_tokens": 3}).encode(),
+                headers={"content-type": "application/json"},
+            )
+            for i in range(6)
+        ]
+        ids.append(enqueue(client, b"a plain-text prompt", path="/"))
+        frames = [wait_result(client, request_id) for request_id in ids]
+    for request_id, frame in zip(ids, frames, strict=True):
+        assert frame["tags"]["requestId"] == request_id
+        assert frame["tags"]["lastCode"] == "200"
+    answers = [json.loads(base64.b64decode(frame["data"])) for frame in frames]
+    assert [answer["response"] for answer in answers[:6]] == ["w0 w1 w2 "] * 6
+    assert answers[6]["response"].startswith("w0 w1 ")  # plain text: up to the context's end
+    assert json.loads(base64.b64decode(frames[0]["data"]))["history"] == [["p0", "w0 w1 w2 "]]
+    assert frames[1]["index"] > frames[0]["index"]
+
+
+def test_a_bad_body_is_a_result_with_its_status_not_a_lost_item(fake, tmp_path):
+    with async_client(fake, tmp_path) as client:
+        request_id = enqueue(
+            client, b'{"prompt": "x", "temperature": -1}', headers={"content-type": "json"}
+        )
+        broken = enqueue(client, b"{not json", headers={"content-type": "application/json"})
+        frame, broken_frame = wait_result(client, request_id), wait_result(client, broken)
+    assert frame["tags"]["lastCode"] == "400"
+    error = json.loads(base64.b64decode(frame["data"]))["error"]
+    assert error["code"] == 400 and "temperature" in error["message"]
+    assert broken_frame["tags"]["lastCode"] == "400"
+
+
+def test_sink_answers_204_while_pending_and_404_for_unknown_ids(fake, tmp_path):
+    client = async_client(fake, tmp_path)  # no lifespan: no workers, items stay pending
+    request_id = enqueue(client, b"hello")
+    pending = client.get(SINK, params={"requestId": request_id})
+    assert (pending.status_code, pending.content) == (204, b"")
+    unknown = client.get(SINK, params={"requestId": "no-such-request"})
+    assert unknown.status_code == 404 and "no request no-such-request" in unknown.text
+    missing = client.get(SINK)
+    assert missing.status_code == 400 and "requestId" in missing.json()["error"]["message"]
+    bad_wait = client.get(SINK, params={"requestId": request_id, "_timeout_": "soon"})
+    assert bad_wait.status_code == 400 and "_timeout_" in bad_wait.text
+
+
+def test_a_full_queue_answers_450(fake, tmp_path):
+    client = async_client(fake, tmp_path, max_queue_size=2)  # no workers: nothing leaves
+    enqueue(client, b"1")
+    enqueue(client, b"2")
+    refused = client.post("/api/predict/demo", content=b"3")
+    assert refused.status_code == 450
+    assert refused.json()["error"]["type"] == "queue_full_error"
+    assert "maximum of 2 waiting requests" in refused.json()["error"]["message"]
+    assert refused.headers["retry-after"] == "5"
+
+
+def test_sink_options_tags_priority_raw_and_auto_delete(fake, tmp_path):
+    with async_client(fake, tmp_path) as client:
+        request_id = enqueue(
+            client, b"tagged", params={"user": "alice", "_priority_": "1"}
+        )  # the platform's SDK sends tags as query parameters
+        frame = wait_result(client, request_id)
+        assert frame["tags"] == {"user": "alice", "requestId": request_id, "lastCode": "200"}
+        raw = client.get(SINK, params={"requestId": request_id, "_raw_": "true"})
+        assert raw.content == base64.b64decode(frame["data"])
+        read = client.get(SINK, params={"requestId": request_id, "_auto_delete_": "true"})
+        assert read.status_code == 200
+        assert client.get(SINK, params={"requestId": request_id}).status_code == 404
+
+
+def test_sink_speaks_the_platform_sdks_protobuf_when_asked(fake, tmp_path):
+    messages = pytest.importorskip("google.protobuf.message_factory")
+    frames_class = _dataframe_list_class(messages)
+    with async_client(fake, tmp_path) as client:
+        request_id = enqueue(client, b"proto", params={"k": "v"})
+        frame = wait_result(client, request_id)
+        response = client.get(
+            SINK,
+            params={"requestId": request_id},
+            headers={"Accept": "application/vnd.google.protobuf"},
+        )
+    decoded = frames_class.FromString(response.content)
+    (only,) = decoded.index
+    assert only.index == frame["index"]
+    assert only.data == base64.b64decode(frame["data"])
+    assert dict(only.tags) == {"k": "v", "requestId": request_id, "lastCode": "200"}
+
+
+def test_items_cut_short_by_the_drain_stay_pending(demo_tokenizer, tmp_path):
+    fake = FakeProcessor(demo_tokenizer, step_delay=0.2)  # 30 steps: 6 s unless aborted
+    with async_client(fake, tmp_path) as client:
+        app = client.app
+        request_id = enqueue(client, b'{"prompt": "x", "max_new_tokens": 30}')
+        queue = app.state.queue.queue
+        for _ in range(200):  # until a worker has it in the engine (bounded)
+            if fake.running:
+                break
+            client.get(SINK, params={"requestId": request_id, "_timeout_": "50ms"})
+        assert fake.running
+        state = app.state.serving
+        state.phase = Phase.DRAINING
+        refused = client.post("/api/predict/demo", content=b"late")
+        assert refused.status_code == 503  # a draining server accepts no new work
+        reason = ApiError(ErrorKind.UNAVAILABLE, "drain period over")
+        client.portal.call(_abort_all, state, reason)  # what the lifecycle does at its end
+        for _ in range(200):
+            if app.state.admission.num_in_flight == 0:
+                break
+            client.get(SINK, params={"requestId": request_id, "_timeout_": "50ms"})
+        status = client.portal.call(queue.result, request_id)
+        pending = client.get(SINK, params={"requestId": request_id})
+    assert status.state.value == "pending"  # back in line for the next start, not a 503 result
+    assert pending.status_code == 204
+
+
+async def _abort_all(state, reason) -> int:
+    return state.generator.abort_all(reason)
+
+
+def test_auth_and_readiness_apply_to_the_queue_routes(fake, tmp_path):
+    client = async_client(fake, tmp_path, token=TOKEN)
+    assert client.post("/api/predict/demo", content=b"x").status_code == 401
+    assert client.get(SINK, params={"requestId": "x"}).status_code == 401
+    request_id = enqueue(client, b"x", headers={"Authorization": f"Bearer {TOKEN}"})
+    sink = client.get(SINK, params={"requestId": request_id}, headers={"Authorization": TOKEN})
+    assert sink.status_code == 204
+    client.app.state.serving.phase = Phase.LOADING
+    loading = client.post("/", content=b"x", headers={"Authorization": TOKEN})
+    assert loading.status_code == 503
+
+
+def test_warm_up_requests_are_answered_at_once_not_queued(fake, tmp_path):
+    client = async_client(fake, tmp_path)
+    key = client.app.state.admission.warm_up_key
+    response = client.post(
+        "/api/predict/demo",
+        json={"prompt": "warm", "max_new_tokens": 2},
+        headers={WARM_UP_HEADER: key},
+    )
+    assert response.status_code == 200 and response.json()["response"] == "w0 w1 "
+    assert ID_HEADER not in response.headers
+
+
+def test_custom_processors_answer_queued_bodies_with_their_status(tmp_path):
+    processor = CustomProcessor(
+        EngineSettings(model_path=""), CustomSettings(entry=str(KINDS), mainclass="Statuses")
+    )
+    with async_client(processor, tmp_path) as client:
+        created, unknown = enqueue(client, b"created"), enqueue(client, b"nonsense")
+        failed = enqueue(client, b"raise")
+        frames = [wait_result(client, i) for i in (created, unknown, failed)]
+    assert [f["tags"]["lastCode"] for f in frames] == ["201", "404", "500"]
+    assert [base64.b64decode(f["data"])[:7] for f in frames[:2]] == [b"made", b"unknown"]
+
+
+def test_metrics_show_the_queue_by_state(fake, tmp_path):
+    with async_client(fake, tmp_path) as client:
+        wait_result(client, enqueue(client, b"counted"))
+        text = client.get("/metrics").text
+    assert 'llm_runtime_queue_items{state="done"} 1.0' in text
+    assert 'llm_runtime_queue_items{state="pending"} 0.0' in text
+
+
+def _dataframe_list_class(messages):
+    """The platform's DataFrameListProto, declared from its field numbers."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="queueservice.proto", package="streaming", syntax="proto3"
+    )
+    frame = proto.message_type.add(name="DataFrameProto")
+    entry = frame.nested_type.add(name="TagsEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    frame.field.add(name="index", number=1, type=field.TYPE_UINT64, label=field.LABEL_OPTIONAL)
+    frame.field.add(
+        name="tags",
+        number=2,
+        type=field.TYPE_MESSAGE,
+        label=field.LABEL_REPEATED,
+        type_name=".streaming.DataFrameProto.TagsEntry",
+    )
+    frame.field.add(name="data", number=3, type=field.TYPE_BYTES, label=field.LABEL_OPTIONAL)
+    frame.field.add(name="message", number=4, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    frames = proto.message_type.add(name="DataFrameListProto")
+    frames.field.add(
+        name="index",
+        number=1,
+        type=field.TYPE_MESSAGE,
+        label=field.LABEL_REPEATED,
+        type_name=".streaming.DataFrameProto",
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return messages.GetMessageClass(pool.FindMessageTypeByName("streaming.DataFrameListProto"))
