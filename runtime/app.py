@@ -39,14 +39,16 @@ from runtime.state import ServingState
 
 def build_app(state: ServingState) -> FastAPI:
     """The app; `app.state.admission` counts and gates the requests in flight."""
-    admission = Admission(state, state.config.lifecycle.max_queue_size)
+    # With --async, max_queue_size bounds the queue (450), not the requests in flight (429).
+    max_waiting = None if state.config.queue.enabled else state.config.lifecycle.max_queue_size
+    admission = Admission(state, max_waiting)
     if isinstance(state.processor, RawProcessor):  # a custom processor owns the platform routes
         platform = raw_router(state, state.processor)
     else:
         platform = chatllm_router(state)
     queue = None
     if state.config.queue.enabled:  # the platform routes enqueue; workers call `platform`
-        handler = FastAPI()
+        handler = FastAPI(openapi_url=None)  # reached only in-process, by the workers
         handler.include_router(platform)
         _add_error_handlers(handler)
         queue = QueueWorkers(

@@ -119,7 +119,7 @@ class Metrics:
         self.draining = Gauge("llm_runtime_draining", "1 while draining after SIGTERM.", registry=r)
         self.queue_items = Gauge(
             "llm_runtime_queue_items",
-            "Items in the asynchronous queue (--async), by state: pending, running, done.",
+            "Requests in the asynchronous queue (--async): pending or running.",
             ("state",),
             registry=r,
         )

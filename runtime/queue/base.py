@@ -62,9 +62,10 @@ class ItemStatus:
 
 @dataclass(frozen=True)
 class QueueCounts:
+    """The queue's length; finished results are left out, as counting them grows with them."""
+
     pending: int
     running: int
-    done: int
 
 
 class TaskQueue(Protocol):

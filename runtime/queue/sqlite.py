@@ -238,10 +238,11 @@ class SqliteQueue:
         return item
 
     def _counts(self) -> QueueCounts:
-        counts = dict(self._db.execute("SELECT state, COUNT(*) FROM items GROUP BY state"))
-        return QueueCounts(
-            counts.get("pending", 0), counts.get("running", 0), counts.get("done", 0)
-        )
+        # Two range scans of the (state, ...) index: as cheap as the queue is short.
+        count = "SELECT COUNT(*) FROM items WHERE state = ?"
+        (pending,) = self._db.execute(count, ("pending",)).fetchone()
+        (running,) = self._db.execute(count, ("running",)).fetchone()
+        return QueueCounts(pending, running)
 
 
 @contextlib.contextmanager

@@ -124,6 +124,7 @@ class QueueWorkers:
                 if item is not None:
                     task = asyncio.create_task(self._work(item), name=f"queue-{item.index}")
                     self._in_flight[task] = item.request_id
+                    await self._update_gauge()
                     continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL_S)
@@ -178,9 +179,5 @@ class QueueWorkers:
     async def _update_gauge(self) -> None:
         counts = await self.queue.counts()
         gauge = self.state.metrics.queue_items
-        for state, value in (
-            ("pending", counts.pending),
-            ("running", counts.running),
-            ("done", counts.done),
-        ):
-            gauge.labels(state).set(value)
+        gauge.labels("pending").set(counts.pending)
+        gauge.labels("running").set(counts.running)

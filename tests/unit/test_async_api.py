@@ -110,6 +110,7 @@ def test_a_full_queue_answers_450(fake, tmp_path):
     assert refused.json()["error"]["type"] == "queue_full_error"
     assert "maximum of 2 waiting requests" in refused.json()["error"]["message"]
     assert refused.headers["retry-after"] == "5"
+    assert client.app.state.admission.limit is None  # the bound is the queue's, not a 429
 
 
 def test_sink_options_tags_priority_raw_and_auto_delete(fake, tmp_path):
@@ -144,30 +145,36 @@ def test_sink_speaks_the_platform_sdks_protobuf_when_asked(fake, tmp_path):
     assert dict(only.tags) == {"k": "v", "requestId": request_id, "lastCode": "200"}
 
 
-def test_items_cut_short_by_the_drain_stay_pending(demo_tokenizer, tmp_path):
-    fake = FakeProcessor(demo_tokenizer, step_delay=0.2)  # 30 steps: 6 s unless aborted
+def test_a_drain_finishes_running_items_claims_no_more_and_leaves_cut_ones_pending(
+    demo_tokenizer, tmp_path
+):
+    fake = FakeProcessor(demo_tokenizer, step_delay=0.1)
     with async_client(fake, tmp_path) as client:
-        app = client.app
-        request_id = enqueue(client, b'{"prompt": "x", "max_new_tokens": 30}')
+        app, state = client.app, client.app.state.serving
         queue = app.state.queue.queue
-        for _ in range(200):  # until a worker has it in the engine (bounded)
-            if fake.running:
+        short = enqueue(client, b'{"prompt": "x", "max_new_tokens": 3}')
+        long = enqueue(client, b'{"prompt": "x", "max_new_tokens": 40}')  # 4 s unless aborted
+        for _ in range(200):  # until both are in the engine (bounded)
+            if len(fake.running) == 2:
                 break
-            client.get(SINK, params={"requestId": request_id, "_timeout_": "50ms"})
-        assert fake.running
-        state = app.state.serving
+            client.get(SINK, params={"requestId": short, "_timeout_": "20ms"})
+        assert len(fake.running) == 2
         state.phase = Phase.DRAINING
         refused = client.post("/api/predict/demo", content=b"late")
         assert refused.status_code == 503  # a draining server accepts no new work
-        reason = ApiError(ErrorKind.UNAVAILABLE, "drain period over")
-        client.portal.call(_abort_all, state, reason)  # what the lifecycle does at its end
+        waiting = client.portal.call(queue.enqueue, b"already queued")
+        assert wait_result(client, short)["tags"]["lastCode"] == "200"  # allowed to finish
+        # What the lifecycle does when the grace period ends:
+        client.portal.call(_abort_all, state, ApiError(ErrorKind.UNAVAILABLE, "drain over"))
         for _ in range(200):
             if app.state.admission.num_in_flight == 0:
                 break
-            client.get(SINK, params={"requestId": request_id, "_timeout_": "50ms"})
-        status = client.portal.call(queue.result, request_id)
-        pending = client.get(SINK, params={"requestId": request_id})
-    assert status.state.value == "pending"  # back in line for the next start, not a 503 result
+            client.get(SINK, params={"requestId": short, "_timeout_": "20ms"})
+        cut = client.portal.call(queue.result, long)
+        not_taken = client.portal.call(queue.result, waiting.request_id)
+        pending = client.get(SINK, params={"requestId": long})
+    assert cut.state.value == "pending"  # back in line for the next start, not a 503 result
+    assert not_taken.state.value == "pending"
     assert pending.status_code == 204
 
 
@@ -211,12 +218,20 @@ def test_custom_processors_answer_queued_bodies_with_their_status(tmp_path):
     assert [base64.b64decode(f["data"])[:7] for f in frames[:2]] == [b"made", b"unknown"]
 
 
-def test_metrics_show_the_queue_by_state(fake, tmp_path):
+def test_metrics_show_the_queue_length(demo_tokenizer, tmp_path):
+    fake = FakeProcessor(demo_tokenizer, step_delay=0.2)
     with async_client(fake, tmp_path) as client:
-        wait_result(client, enqueue(client, b"counted"))
-        text = client.get("/metrics").text
-    assert 'llm_runtime_queue_items{state="done"} 1.0' in text
-    assert 'llm_runtime_queue_items{state="pending"} 0.0' in text
+        for _ in range(5):  # four run at once, the fifth waits
+            enqueue(client, b'{"prompt": "x", "max_new_tokens": 20}')
+        running = 'llm_runtime_queue_items{state="running"} 4.0'
+        for _ in range(200):  # until the workers have taken theirs (bounded)
+            text = client.get("/metrics").text
+            if running in text:
+                break
+        state = client.app.state.serving
+        client.portal.call(_abort_all, state, ApiError(ErrorKind.UNAVAILABLE, "end"))
+    assert running in text
+    assert 'llm_runtime_queue_items{state="pending"} 1.0' in text
 
 
 def _dataframe_list_class(messages):
@@ -253,3 +268,17 @@ def _dataframe_list_class(messages):
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return messages.GetMessageClass(pool.FindMessageTypeByName("streaming.DataFrameListProto"))
+
+
+def test_a_queue_in_use_stops_the_start_with_exit_code_2(tmp_path, caplog):
+    from runtime.cli import main
+    from runtime.queue.sqlite import SqliteQueue
+
+    path = tmp_path / "q.sqlite3"
+    holder = SqliteQueue(path)  # another runtime has it
+    args = ["serve", "--async", "--queue-path", str(path), "--processor-entry", str(KINDS)]
+    try:
+        assert main([*args, "--processor-mainclass", "Statuses"]) == 2
+    finally:
+        asyncio.run(holder.close())
+    assert "in use by another process" in caplog.text

@@ -171,6 +171,8 @@ def test_cli_flags_parse_into_settings():
         ({"request_timeout": "0"}, {}, "request_timeout must be positive"),
         ({"max_body_bytes": "0"}, {}, "max_body_bytes"),
         ({"shm_policy": "pray"}, {}, "shm_policy must be one of"),
+        ({"queue_result_ttl": "0"}, {}, "queue_result_ttl must be positive"),
+        ({}, {"LLM_RUNTIME_ASYNC": "sometimes"}, "async (from environment)"),
     ],
 )
 def test_bad_values_fail_with_the_setting_named(cli, env, needle):
@@ -204,3 +206,22 @@ def test_a_malformed_token_is_not_echoed_in_the_error(tmp_path):
         load_config({}, {}, write_json(tmp_path, document))
     assert "token" in str(caught.value) and "hunter2" not in str(caught.value)
     assert caught.value.__cause__ is None  # nor in a chained traceback
+
+
+def test_the_async_queue_from_every_source(tmp_path):
+    assert load_config({}, {}).queue.enabled is False
+    document = {"metadata": {"type": "Async", "rpc": {"max_queue_size": 100}}}
+    config = load_config({}, {}, write_json(tmp_path, document))
+    assert config.queue.enabled and config.lifecycle.max_queue_size == 100
+    assert config.ignored_keys == ()
+    assert load_config({}, {"LLM_RUNTIME_ASYNC": "true"}).queue.enabled
+    args = vars(
+        build_parser().parse_args(
+            ["serve", "--async", "--queue-path", "/q.db", "--queue-result-ttl", "60"]
+        )
+    )
+    args.pop("command"), args.pop("config")
+    queue = load_config(args, {}).queue
+    assert (queue.enabled, queue.path, queue.result_ttl) == (True, "/q.db", 60.0)
+    standard = {"metadata": {"type": "Standard"}}
+    assert load_config({}, {}, write_json(tmp_path, standard)).queue.enabled is False
