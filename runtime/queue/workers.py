@@ -135,16 +135,15 @@ class QueueWorkers:
     async def _work(self, item: QueueItem) -> None:
         task = asyncio.current_task()
         cancelled = False
-        self._admission.enter()  # a drain waits for this like for any request in flight
         try:
-            await self._serve(item)
+            with self._admission.admitted():  # a drain waits for it like for any request
+                await self._serve(item)
         except asyncio.CancelledError:
             cancelled = True  # stopped mid-way: stop() puts the item back to pending
             raise
         except Exception:  # the store failed: the item stays running until the next start
             log.exception("queue: cannot record the result of %s", item.request_id)
         finally:
-            self._admission.leave()
             if not cancelled and task is not None:
                 self._in_flight.pop(task, None)
             self._wakeup.set()  # a worker is free
