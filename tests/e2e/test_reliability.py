@@ -143,6 +143,24 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def sigterm_then_refused(server: Server) -> None:
+    """SIGTERM: readiness turns 503 at once, and a new request is refused with 503."""
+    server.process.send_signal(signal.SIGTERM)
+    wait_for(
+        lambda: requests.get(f"{server.url}/ready", timeout=5).status_code == 503,
+        5,
+        "readiness to turn 503",
+    )
+    refused = requests.post(
+        f"{server.url}/v1/completions",
+        headers=server.headers(),
+        json={"prompt": "late", "max_tokens": 5},
+        timeout=10,
+    )
+    assert refused.status_code == 503
+    assert "shutting down" in refused.json()["error"]["message"]
+
+
 def test_sigterm_drains_every_kind_of_request_to_completion(launch, tmp_path):
     call_log = tmp_path / "calls.jsonl"
     server = launch("--grace-period", "90", "--max-num-seqs", "32", "--call-log", str(call_log))
@@ -155,21 +173,8 @@ def test_sigterm_drains_every_kind_of_request_to_completion(launch, tmp_path):
     with ThreadPoolExecutor(len(kinds)) as pool:
         futures = [pool.submit(kind, server, max_tokens, start_reading) for kind in kinds]
         wait_for(lambda: in_flight(server) == len(kinds), 60, "all requests in flight")
-        server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        wait_for(
-            lambda: requests.get(f"{server.url}/ready", timeout=5).status_code == 503,
-            5,
-            "readiness to turn 503",
-        )
-        refused = requests.post(
-            f"{server.url}/v1/completions",
-            headers=server.headers(),
-            json={"prompt": "late", "max_tokens": 5},
-            timeout=10,
-        )
-        assert refused.status_code == 503
-        assert "shutting down" in refused.json()["error"]["message"]
+        sigterm_then_refused(server)
         assert close_code(idle) == 1001  # at once: it has nothing to finish
         idle.close()
         start_reading.set()

@@ -23,6 +23,7 @@ from tests.e2e.test_reliability import (
     completion_stream,
     engine_load,
     in_flight,
+    sigterm_then_refused,
     test_clients_that_leave_free_the_engine_at_once,  # noqa: F401
     wait_for,
 )
@@ -55,19 +56,7 @@ def test_sigterm_drains_streams_to_completion(launch):
     with ThreadPoolExecutor(len(kinds)) as pool:
         futures = [pool.submit(kind, server, max_tokens, start_reading) for kind in kinds]
         wait_for(lambda: in_flight(server) == len(kinds), 60, "all requests in flight")
-        server.process.send_signal(signal.SIGTERM)
-        wait_for(
-            lambda: requests.get(f"{server.url}/ready", timeout=5).status_code == 503,
-            5,
-            "readiness to turn 503",
-        )
-        refused = requests.post(
-            f"{server.url}/v1/completions",
-            headers=server.headers(),
-            json={"prompt": "late", "max_tokens": 5},
-            timeout=10,
-        )
-        assert refused.status_code == 503
+        sigterm_then_refused(server)
         start_reading.set()
         results = [future.result(timeout=DEADLINE_S) for future in futures]
     assert [(r["status"], r["error"], r["tokens"]) for r in results] == [
