@@ -137,7 +137,9 @@ def time_served(path: Path, max_tokens: int, levels: list[int]) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", default=["demo", "llama-8x1024"], choices=list(MODELS)
+    )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--generate-requests", type=int, default=4)
     parser.add_argument("--hf-batching", action="store_true")
