@@ -43,4 +43,4 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install
-	$(PY) -m benchmarks.quick_serving $(ARGS)
+	$(PY) -m benchmarks.compare $(ARGS)

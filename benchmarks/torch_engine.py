@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.quick_serving import free_port, run_level, start_server
+from benchmarks.bench_serving import load_tokenizer, random_prompts, run, summarize
+from benchmarks.servers import EngineSettings, running_server
 from models.demo import default_cache_dir, ensure_demo_model
 from models.random_llama import ONE_BILLION, LlamaShape, write_random_llama
 
@@ -117,22 +117,27 @@ def time_batch1_decode(path: Path, max_tokens: int) -> None:
 
 
 def time_served(path: Path, max_tokens: int, levels: list[int]) -> list[dict]:
-    port = free_port()
-    log_path = Path(tempfile.mkdtemp()) / "server.log"
-    process, _ = start_server(
-        port,
-        str(path),
-        log_path,
-        extra_args=["--processor", "transformers", "--max-num-seqs", str(max(levels))],
+    settings = EngineSettings(
+        str(path), max_num_seqs=max(levels), extra_args=("--processor", "transformers")
     )
-    try:
-        return [
-            asyncio.run(run_level(f"http://127.0.0.1:{port}", c, max(2 * c, 4), max_tokens))
-            for c in levels
-        ]
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+    log_path = Path(tempfile.mkdtemp()) / "server.log"
+    tokenizer = load_tokenizer(str(path))
+    rows = []
+    with running_server("ours", settings, log_path, {}) as (base_url, _, _):
+        for c in levels:
+            jobs = random_prompts(tokenizer, max(2 * c, 4), 16, max_tokens, seed=c)
+            records, duration = asyncio.run(
+                run(base_url, "completions", settings.served_model_name, jobs, c)
+            )
+            summary = summarize(records, duration)
+            rows.append(
+                {
+                    "concurrency": c,
+                    "output_tok_s": summary["output_throughput"],
+                    "ttft_p50_ms": summary["median_ttft_ms"],
+                }
+            )
+    return rows
 
 
 def main() -> None:

@@ -1,0 +1,226 @@
+"""The runtime against vLLM's own OpenAI server and vLLM's offline engine, in one run.
+
+Both servers get the same model and engine settings and the same prompts. They take turns over
+several rounds (one server up at a time, the order flipped each round, so drift on a shared
+machine hits both alike); each round measures every concurrency level on a fresh server. The
+offline engine (`vllm.LLM.generate`) on the same prompts is the ceiling. Printed and written
+next to the JSON as markdown: each metric's median over rounds for both servers and the median
+of the per-round ratios ours/vLLM, and output tok/s of each server over the offline engine's.
+
+    python -m benchmarks.compare               # the demo model, 3 rounds, c = 1, 16, 64
+    python -m benchmarks.compare --rounds 1 --servers ours --offline-rounds 0   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_serving import load_tokenizer, random_prompts, run, summarize
+from benchmarks.environment import machine_facts
+from benchmarks.report import markdown_table, medians
+from benchmarks.servers import EngineSettings, cpu_seconds, running_server
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SERVERS = ("ours", "vllm")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model folder (default: the demo model, written anew)")
+    parser.add_argument("--served-model-name", default="llm-runtime-demo")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument(
+        "--prompts-per-level",
+        type=int,
+        default=4,
+        help="prompts per level = this x the concurrency (at least 16)",
+    )
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--backend", default="completions", choices=["completions", "chat"])
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument("--max-model-len", type=int, default=1024)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
+    parser.add_argument(
+        "--offline-rounds",
+        type=int,
+        help="run the offline engine in this many rounds (default: every round; 0: never)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.monotonic()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{socket.gethostname()}"
+    work = args.output_dir / "logs" / name
+    work.mkdir(parents=True, exist_ok=True)
+    model = args.model or _write_demo_model(work / "demo-model")
+    settings = EngineSettings(
+        model,
+        served_model_name=args.served_model_name,
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
+        dtype=args.dtype,
+    )
+    # The same engine environment for every contender; anything set outside is kept.
+    env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    tokenizer = load_tokenizer(model)
+    jobs = {
+        level: random_prompts(
+            tokenizer,
+            max(16, args.prompts_per_level * level),
+            args.input_len,
+            args.output_len,
+            args.seed + level,
+        )
+        for level in args.concurrency
+    }
+    runs: list[dict[str, Any]] = []
+    for round_index in range(args.rounds):
+        order = args.servers if round_index % 2 == 0 else args.servers[::-1]
+        for kind in order:
+            log_path = work / f"{kind}-round{round_index}.log"
+            print(f"round {round_index + 1}/{args.rounds}: {kind} starting", flush=True)
+            with running_server(kind, settings, log_path, env) as (base_url, ready_s, pid):
+                for level in args.concurrency:
+                    cpu_before = cpu_seconds(pid)
+                    records, duration = asyncio.run(
+                        run(
+                            base_url,
+                            args.backend,
+                            args.served_model_name,
+                            jobs[level],
+                            level,
+                            num_warmups=max(2, min(level, 8)),
+                        )
+                    )
+                    summary = summarize(records, duration)
+                    # CPU per token moves far less with other load than throughput does.
+                    tokens = max(summary["total_output_tokens"], 1)
+                    front_end, engine = (
+                        (after - before) / tokens * 1e6
+                        for after, before in zip(cpu_seconds(pid), cpu_before, strict=True)
+                    )
+                    summary["front_end_cpu_us_per_token"] = front_end
+                    summary["engine_cpu_us_per_token"] = engine
+                    print(
+                        f"  {kind} c={level}: {summary['output_throughput']:.0f} tok/s, "
+                        f"TTFT p50 {summary['median_ttft_ms']:.1f} ms, "
+                        f"front end {front_end:.0f} us/token, "
+                        f"{summary['failed']} failed",
+                        flush=True,
+                    )
+                    runs.append(
+                        {
+                            "round": round_index,
+                            "server": kind,
+                            "level": level,
+                            "ready_s": ready_s,
+                            "summary": summary,
+                        }
+                    )
+        offline_rounds = args.rounds if args.offline_rounds is None else args.offline_rounds
+        if round_index < offline_rounds:
+            print(f"round {round_index + 1}/{args.rounds}: offline engine", flush=True)
+            offline = _run_offline(settings, jobs, args.output_len, work, round_index, env)
+            for level, summary in offline.items():
+                print(f"  offline c={level}: {summary['output_throughput']:.0f} tok/s", flush=True)
+                entry = {"round": round_index, "server": "offline", "level": int(level)}
+                runs.append({**entry, "summary": summary})
+
+    table = medians(runs)
+    markdown = markdown_table(table, args.concurrency)
+    result = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.compare", *sys.argv[1:]]),
+        "wall_s": round(time.monotonic() - started, 1),
+        "machine": machine_facts(),
+        "engine": {
+            "model": model,
+            "served_model_name": settings.served_model_name,
+            "max_num_seqs": settings.max_num_seqs,
+            "max_model_len": settings.max_model_len,
+            "dtype": settings.dtype,
+            "env": env,
+        },
+        "workload": {
+            "backend": args.backend,
+            "input_len": args.input_len,
+            "output_len": args.output_len,
+            "concurrency": args.concurrency,
+            "num_prompts": {str(level): len(jobs[level]) for level in args.concurrency},
+            "rounds": args.rounds,
+            "seed": args.seed,
+        },
+        "medians": table,
+        "runs": runs,
+    }
+    json_path = args.output_dir / f"{name}.json"
+    json_path.write_text(json.dumps(result, indent=1))
+    heading = (
+        f"{result['date']} on {result['machine']['host']} "
+        f"({result['machine']['cpu_model']}, {result['machine']['cpu_cores']} cores, load "
+        f"{result['machine']['load_average_1m']}), {args.rounds} rounds, {args.backend}, "
+        f"{args.input_len} in / {args.output_len} out, max-num-seqs {args.max_num_seqs}, "
+        f"wall {result['wall_s']:.0f} s"
+    )
+    (args.output_dir / f"{name}.md").write_text(f"{heading}\n\n{markdown}\n")
+    print(f"\n{heading}\n\n{markdown}\nwrote {json_path} and {json_path.with_suffix('.md')}")
+    return 0
+
+
+def _write_demo_model(directory: Path) -> str:
+    script = Path(sys.executable).parent / "llm-runtime"
+    runner = [str(script)] if script.exists() else [sys.executable, "-m", "runtime.cli"]
+    subprocess.run([*runner, "demo-model", str(directory)], check=True, capture_output=True)
+    return str(directory)
+
+
+def _run_offline(
+    settings: EngineSettings,
+    jobs: dict[int, list],
+    output_len: int,
+    work: Path,
+    round_index: int,
+    env: dict[str, str],
+) -> dict[str, dict]:
+    prompts_path = work / "offline-prompts.json"
+    prompts_path.write_text(json.dumps({str(c): [j.prompt for j in js] for c, js in jobs.items()}))
+    output = work / f"offline-round{round_index}.json"
+    command = [
+        *(sys.executable, "-m", "benchmarks.offline"),
+        *("--prompts", str(prompts_path), "--output", str(output)),
+        *("--model", settings.model, "--output-len", str(output_len)),
+        *("--max-num-seqs", str(settings.max_num_seqs)),
+        *("--max-model-len", str(settings.max_model_len)),
+        *("--dtype", str(settings.dtype)),
+    ]
+    with (work / f"offline-round{round_index}.log").open("w") as log:
+        subprocess.run(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            cwd=Path(__file__).resolve().parent.parent,
+            check=True,
+        )
+    return json.loads(output.read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
