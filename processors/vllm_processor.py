@@ -38,6 +38,7 @@ class VllmProcessor:
     def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
         self._engine: Any = None
+        self._engine_input: Any = None  # token ids -> the engine's prompt type
         self._info: ProcessorInfo | None = None
         self._scheduler_stats: Any = None
 
@@ -57,6 +58,8 @@ class VllmProcessor:
         self._engine = await asyncio.to_thread(
             AsyncLLM.from_engine_args, engine_args, stat_loggers=[self._stat_logger_factory]
         )
+        _skip_request_stats(self._engine)
+        self._engine_input = _engine_input_factory()
         tokenizer = await asyncio.to_thread(load_tokenizer, self._settings.model_path)
         model_config = self._engine.model_config
         self._info = ProcessorInfo(
@@ -115,13 +118,13 @@ class VllmProcessor:
         return LatestSchedulerStats(vllm_config, engine_index)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Step, None]:
-        from vllm import TokensPrompt
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
 
         params = _to_vllm_sampling(request.sampling)
-        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+        prompt = self._engine_input(list(request.prompt_token_ids))
         outputs = self._engine.generate(prompt, params, request.request_id)
+        num_prompt_tokens = len(request.prompt_token_ids)
         num_output_tokens = 0
         finished = False
         try:
@@ -131,10 +134,12 @@ class VllmProcessor:
                 finished = output.finished
                 yield Step(
                     text=completion.text,
-                    num_prompt_tokens=len(output.prompt_token_ids or ()),
+                    num_prompt_tokens=num_prompt_tokens,
                     num_output_tokens=num_output_tokens,
                     finish_reason=_finish_reason(completion.finish_reason) if finished else None,
-                    logprobs=_to_logprobs(completion.token_ids, completion.logprobs),
+                    logprobs=_to_logprobs(completion.token_ids, completion.logprobs)
+                    if completion.logprobs
+                    else (),
                     token_ids=tuple(completion.token_ids),
                 )
         except VllmEngineDead as exc:
@@ -178,6 +183,36 @@ class VllmProcessor:
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await asyncio.to_thread(engine.shutdown)
+
+
+def _skip_request_stats(engine: Any) -> None:
+    """Stop vLLM's front end from timing every token of every request.
+
+    The runtime keeps its own request metrics (runtime/metrics.py) and reads only the
+    scheduler's stats from vLLM, which the engine core keeps sending to the stat loggers.
+    vLLM's per-request bookkeeping (IterationStats per output batch, RequestStateStats per
+    request) was a fifth of the API process's Python time per token at 64 streams. Its output
+    handler reads the flag when it first starts (at the first request), so this must run
+    before any request; attributes a vLLM version lacks are left alone.
+    """
+    if getattr(engine, "output_handler", None) is not None:
+        return  # already running with the flag it read
+    if hasattr(engine, "log_stats") and hasattr(engine, "output_processor"):
+        engine.log_stats = False
+        engine.output_processor.log_stats = False
+
+
+def _engine_input_factory() -> Any:
+    """Token ids as an already rendered engine input where vLLM has that type: a raw prompt
+    would go through the renderer on a thread pool, a hop per request for nothing, since the
+    runtime has tokenized and checked the prompt itself."""
+    try:
+        from vllm.inputs.engine import tokens_input
+    except ImportError:  # vLLM before its renderer API
+        from vllm import TokensPrompt
+
+        return lambda token_ids: TokensPrompt(prompt_token_ids=token_ids)
+    return tokens_input
 
 
 def _to_vllm_sampling(sampling: SamplingParams) -> Any:
