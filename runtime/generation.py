@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from processors.base import GenerationRequest, Processor, SamplingParams, Step, TokenLogprob
 from runtime.call_log import current_call
@@ -27,22 +27,30 @@ def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-@dataclass
 class Choice:
     """One choice's text and counts, accumulated from its steps."""
 
-    text: str = ""
-    finish_reason: str | None = None
-    num_prompt_tokens: int = 0
-    num_output_tokens: int = 0
-    logprobs: list[TokenLogprob] = field(default_factory=list)
+    __slots__ = ("_parts", "finish_reason", "logprobs", "num_output_tokens", "num_prompt_tokens")
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []  # joined once at the end, not copied at every step
+        self.finish_reason: str | None = None
+        self.num_prompt_tokens = 0
+        self.num_output_tokens = 0
+        self.logprobs: list[TokenLogprob] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
 
     def add(self, step: Step) -> None:
-        self.text += step.text
+        if step.text:
+            self._parts.append(step.text)
         self.num_prompt_tokens = step.num_prompt_tokens
         self.num_output_tokens = step.num_output_tokens
         self.finish_reason = step.finish_reason or self.finish_reason
-        self.logprobs.extend(step.logprobs)
+        if step.logprobs:
+            self.logprobs.extend(step.logprobs)
 
 
 def usage(choices: Sequence[Choice], num_prompt_tokens: int) -> dict[str, int]:
@@ -94,11 +102,12 @@ class Generator:
             # Closed explicitly, so a client that leaves aborts the request at once.
             async with aclosing(self.processor.generate(request)) as steps:
                 async for step in steps:
-                    reason = self._abort_reasons.get(request_id)
-                    if step.finish_reason == "abort" and reason is not None:
-                        if reason.kind is ErrorKind.TIMEOUT:
-                            self.metrics.timeouts.inc()
-                        raise reason
+                    if step.finish_reason == "abort":
+                        reason = self._abort_reasons.get(request_id)
+                        if reason is not None:
+                            if reason.kind is ErrorKind.TIMEOUT:
+                                self.metrics.timeouts.inc()
+                            raise reason
                     timer.step(step.num_output_tokens - num_output_tokens)
                     num_output_tokens = step.num_output_tokens
                     if step.finish_reason is not None:

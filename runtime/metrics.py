@@ -123,12 +123,16 @@ class Metrics:
             ("state",),
             registry=r,
         )
+        self._bound: _BoundEngineMetrics | None = None  # made at the first request
 
     def set_model_name(self, model_name: str) -> None:
         self._labels = (model_name, "0")
+        self._bound = None
 
     def request(self) -> RequestTimer:
-        return RequestTimer(self)
+        if self._bound is None:
+            self._bound = _BoundEngineMetrics(self, self._labels)
+        return RequestTimer(self._bound)
 
     def render(self, stats: ProcessorStats | None, in_flight: int, draining: bool) -> bytes:
         if stats is not None:
@@ -140,12 +144,28 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class _BoundEngineMetrics:
+    """The request histograms and counters with their labels applied once: `labels()` takes a
+    lock and builds a key on every call, which is too much for once per token."""
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, str]) -> None:
+        self.ttft = metrics.ttft.labels(*labels)
+        self.itl = metrics.itl.labels(*labels)
+        self.tpot = metrics.tpot.labels(*labels)
+        self.e2e = metrics.e2e.labels(*labels)
+        self.prompt_tokens = metrics.prompt_tokens.labels(*labels)
+        self.generation_tokens = metrics.generation_tokens.labels(*labels)
+        self.request_success = metrics.request_success
+        self.labels = labels
+
+
 class RequestTimer:
     """Timings of one engine request, recorded step by step."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-        self._labels = metrics._labels
+    __slots__ = ("_bound", "_first", "_last", "_started")
+
+    def __init__(self, bound: _BoundEngineMetrics) -> None:
+        self._bound = bound
         self._started = self._last = time.perf_counter()
         self._first: float | None = None
 
@@ -153,21 +173,21 @@ class RequestTimer:
         now = time.perf_counter()
         if self._first is None:
             self._first = now
-            self._metrics.ttft.labels(*self._labels).observe(now - self._started)
+            self._bound.ttft.observe(now - self._started)
         elif num_new_tokens:
-            self._metrics.itl.labels(*self._labels).observe(now - self._last)
+            self._bound.itl.observe(now - self._last)
         self._last = now
 
     def finish(self, num_prompt_tokens: int, num_output_tokens: int, reason: str) -> None:
-        m, labels = self._metrics, self._labels
+        m = self._bound
         elapsed = time.perf_counter() - self._started
-        m.e2e.labels(*labels).observe(elapsed)
-        m.prompt_tokens.labels(*labels).inc(num_prompt_tokens)
-        m.generation_tokens.labels(*labels).inc(num_output_tokens)
-        m.request_success.labels(*labels, reason).inc()
+        m.e2e.observe(elapsed)
+        m.prompt_tokens.inc(num_prompt_tokens)
+        m.generation_tokens.inc(num_output_tokens)
+        m.request_success.labels(*m.labels, reason).inc()
         if num_output_tokens > 1 and self._first is not None:
             per_token = (self._last - self._first) / (num_output_tokens - 1)
-            m.tpot.labels(*labels).observe(per_token)
+            m.tpot.observe(per_token)
 
 
 class HttpMetricsMiddleware:

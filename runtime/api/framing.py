@@ -22,6 +22,18 @@ def sse_event(body: Any) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
+def sse_head(head: dict) -> bytes:
+    """The start of every event of a stream whose events all begin with `head`'s fields,
+    serialized once per stream instead of once per token (see `sse_event_after`)."""
+    return b"data: " + orjson.dumps(head)[:-1] + b","
+
+
+def sse_event_after(head: bytes, rest: dict) -> bytes:
+    """The same bytes as `sse_event({**head_fields, **rest})`, for a non-empty `rest` whose
+    keys are not among the head's."""
+    return head + orjson.dumps(rest)[1:] + b"\n\n"
+
+
 def nul_record(body: Any) -> bytes:
     return orjson.dumps(body) + b"\0"
 

@@ -11,7 +11,15 @@ from starlette.responses import Response
 
 from processors.base import TokenLogprob
 from runtime.api.disconnect import unless_disconnected
-from runtime.api.framing import SSE_DONE, json_response, primed, sse_event, sse_response
+from runtime.api.framing import (
+    SSE_DONE,
+    json_response,
+    primed,
+    sse_event,
+    sse_event_after,
+    sse_head,
+    sse_response,
+)
 from runtime.api.schema import ChatCompletionRequest, OpenAISampling
 from runtime.errors import ApiError, ErrorKind, from_exception
 from runtime.generation import Choice, new_request_id, usage
@@ -104,13 +112,14 @@ async def _stream(
     head: dict, body: ChatCompletionRequest, num_prompt: int, steps: AsyncGenerator
 ) -> AsyncIterator[bytes]:
     chunk = {**head, "object": "chat.completion.chunk"}
+    event_head = sse_head(chunk)  # the same for every chunk: serialized once
     choices = [Choice() for _ in range(body.n)]
     async with aclosing(steps):
         try:
             for index in range(body.n):
                 delta = {"role": "assistant", "content": ""}
                 choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
-                yield sse_event({**chunk, "choices": [choice]})
+                yield sse_event_after(event_head, {"choices": [choice]})
             async for index, step in steps:
                 choices[index].add(step)
                 if not step.text and not step.finish_reason:
@@ -121,7 +130,7 @@ async def _stream(
                     "logprobs": _logprobs(step.logprobs) if body.logprobs else None,
                     "finish_reason": step.finish_reason,
                 }
-                yield sse_event({**chunk, "choices": [choice]})
+                yield sse_event_after(event_head, {"choices": [choice]})
             if body.include_usage:
                 yield sse_event({**chunk, "choices": [], "usage": usage(choices, num_prompt)})
         except Exception as exc:

@@ -16,7 +16,15 @@ from starlette.responses import Response
 
 from processors.base import TokenLogprob
 from runtime.api.disconnect import unless_disconnected
-from runtime.api.framing import SSE_DONE, json_response, primed, sse_event, sse_response
+from runtime.api.framing import (
+    SSE_DONE,
+    json_response,
+    primed,
+    sse_event,
+    sse_event_after,
+    sse_head,
+    sse_response,
+)
 from runtime.api.openai_chat import check_model
 from runtime.api.schema import CompletionRequest
 from runtime.errors import bad_request, from_exception
@@ -108,6 +116,8 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     choices = [Choice() for _ in range(len(echoes) * body.n)]
     pending_echo = set(range(len(choices))) if body.echo else set()
+    with_logprobs = body.logprobs is not None
+    event_head = sse_head(head)  # the same for every chunk: serialized once
     async with aclosing(steps):
         try:
             async for index, step in steps:
@@ -122,15 +132,11 @@ async def _stream(
                     "index": index,
                     "text": text,
                     "finish_reason": step.finish_reason or "",
-                    "logprobs": _logprobs(step.logprobs) if body.logprobs is not None else None,
+                    "logprobs": _logprobs(step.logprobs) if with_logprobs else None,
                 }
-                yield sse_event(
-                    {
-                        **head,
-                        "choices": [choice],
-                        "usage": usage(choices, num_prompt),
-                        "error_info": None,
-                    }
+                yield sse_event_after(
+                    event_head,
+                    {"choices": [choice], "usage": usage(choices, num_prompt), "error_info": None},
                 )
             if body.include_usage:
                 yield sse_event(
