@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from processors.registry import PROCESSOR_NAMES
 from runtime.config.settings import ConfigError
 
 # setting name -> paths in the service JSON, first found wins (aliases after the main key)
@@ -83,6 +84,13 @@ def read_service_json(path: str | Path) -> tuple[dict[str, Any], list[str]]:
         for probe in PROBES
         if any(key.startswith(f"containers.0.{probe}.") for key in used)
     }
+
+    found, processor = _lookup(document, "processor")
+    if found and isinstance(processor, str):  # e.g. "pytorch_gpu_1.10", the platform's torch ones
+        name = "transformers" if processor.lower().startswith("pytorch") else processor.lower()
+        if name in PROCESSOR_NAMES:  # anything else is reported as ignored
+            used.add("processor")
+            values["processor"] = name
 
     found, processor_type = _lookup(document, "processor_type")
     if found and str(processor_type).lower() == "python":

@@ -95,6 +95,17 @@ def test_disabled_sigterm_means_no_drain_unless_a_grace_is_given(tmp_path):
     assert load_config({}, {}, write_json(tmp_path, document)).lifecycle.grace_period == 20
 
 
+def test_the_processor_key_selects_a_processor(tmp_path):
+    def processor(document: dict) -> tuple[str, tuple[str, ...]]:
+        config = load_config({}, {}, write_json(tmp_path, document))
+        return config.processor, config.ignored_keys
+
+    assert processor({"processor": "transformers"}) == ("transformers", ())
+    assert processor({"processor": "pytorch_gpu_1.10"}) == ("transformers", ())
+    assert processor({"processor": "tensorflow_cpu_2.3"}) == ("auto", ("processor",))
+    assert processor({"processor": "vllm", "processor_type": "python"})[0] == "custom"
+
+
 def test_metadata_name_is_an_alias_of_name(tmp_path):
     document = {"metadata": {"name": "aliased"}}
     assert load_config({}, {}, write_json(tmp_path, document)).server.service_name == "aliased"
