@@ -7,7 +7,6 @@ output batches into one asyncio queue per request on the server's event loop.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
@@ -26,8 +25,6 @@ from processors.settings import EngineSettings
 
 if TYPE_CHECKING:
     from processors.torch_engine.engine import TorchEngine
-
-log = logging.getLogger(__name__)
 
 
 def supported_architectures() -> set[str]:
