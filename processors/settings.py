@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,11 @@ class EngineSettings:
     tensor_parallel_size: int = 1
     # Engine-specific pass-through (`--engine-arg KEY=VALUE`), checked by the processor.
     extra_args: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        """The name clients pass back: as given, else the model folder's name."""
+        return self.served_model_name or os.path.basename(os.path.normpath(self.model_path))
 
 
 @dataclass(frozen=True)

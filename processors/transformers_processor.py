@@ -7,7 +7,6 @@ output batches into one asyncio queue per request on the server's event loop.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
@@ -63,8 +62,7 @@ class TransformersProcessor:
         settings = self._settings
         self._info = ProcessorInfo(
             name=self.name,
-            model_name=settings.served_model_name
-            or os.path.basename(os.path.normpath(settings.model_path)),
+            model_name=settings.model_name,
             model_path=settings.model_path,
             max_model_len=loaded.max_model_len,
             dtype=str(loaded.dtype).removeprefix("torch."),

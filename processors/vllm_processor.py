@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -64,8 +63,7 @@ class VllmProcessor:
         model_config = self._engine.model_config
         self._info = ProcessorInfo(
             name=self.name,
-            model_name=self._settings.served_model_name
-            or os.path.basename(os.path.normpath(self._settings.model_path)),
+            model_name=self._settings.model_name,
             model_path=self._settings.model_path,
             max_model_len=int(model_config.max_model_len),
             dtype=str(model_config.dtype).removeprefix("torch."),
