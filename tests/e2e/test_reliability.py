@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -18,8 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection
 
 from tests.e2e.conftest import (
     EOS,
@@ -30,22 +27,6 @@ from tests.e2e.conftest import (
 )
 
 DEADLINE_S = 120
-
-
-class _SmallReceiveWindow(HTTPAdapter):
-    def init_poolmanager(self, *args, **kwargs):
-        window = (socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        kwargs["socket_options"] = [*HTTPConnection.default_socket_options, window]
-        super().init_poolmanager(*args, **kwargs)
-
-
-def slow_reader() -> requests.Session:
-    """A client whose unread stream holds the server back: with a small TCP receive window the
-    server soon waits to send, so the request stays in flight however fast the engine is (with
-    the default window, a loaded machine's clients could fall a whole answer behind)."""
-    session = requests.Session()
-    session.mount("http://", _SmallReceiveWindow())
-    return session
 
 
 def completion_stream(
@@ -59,7 +40,7 @@ def completion_stream(
     prompt = "Tell me a story"
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     result = {"status": None, "tokens": 0, "error": None, "done": False}
-    with slow_reader().post(
+    with requests.post(
         f"{server.url}/v1/completions",
         json=body,
         headers=server.headers(),
@@ -91,7 +72,7 @@ def chatllm_stream(
         "use_stream_chat": True,
         "do_sample": False,
     }
-    with slow_reader().post(
+    with requests.post(
         f"{server.url}/", json=body, headers=server.headers(), stream=True, timeout=DEADLINE_S
     ) as response:
         if start_reading is not None:
@@ -327,7 +308,7 @@ def test_clients_that_leave_free_the_engine_at_once(server):
     body = {"prompt": "leave", "max_tokens": 2000, "ignore_eos": True, "stream": True}
 
     def open_stream(_):
-        response = slow_reader().post(
+        response = requests.post(
             f"{server.url}/v1/completions",
             json=body,
             headers=server.headers(),

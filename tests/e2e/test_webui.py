@@ -11,20 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Server
-from tests.e2e.test_reliability import (
-    completion_stream,
-    disconnects,
-    engine_load,
-    in_flight,
-    wait_for,
-)
+from tests.e2e.test_reliability import disconnects, engine_load, in_flight, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TIMEOUT_MS = 60_000
@@ -121,30 +113,21 @@ def test_stop_aborts_the_answer_in_the_engine(page, server: Server):
     from playwright.sync_api import expect
 
     open_with_token(page, server)
-    # Eight unread streams share the engine, so the page's answer takes seconds even where the
-    # engine is fast and the browser slow; they stay in flight until released.
-    release = threading.Event()
-    with ThreadPoolExecutor(8) as pool:
-        holders = [pool.submit(completion_stream, server, 2000, release) for _ in range(8)]
-        wait_for(lambda: in_flight(server) == 8, 60, "eight streams in flight")
-        page.fill("#max_tokens", "2000")  # the demo model never stops early
-        before = disconnects(server)
-        page.fill("#prompt", "Tell me a long story")
-        page.click("#send")
-        answer = page.locator(".message.assistant").last
-        page.wait_for_function(
-            "() => { const a = document.querySelectorAll('.message.assistant');"
-            " return a.length && a[a.length - 1].firstChild.data.length > 0; }"
-        )
-        assert in_flight(server) == 9  # the answer is still being generated
-        page.click("#stop")
-        expect(answer.locator(".note")).to_have_text("stopped")
-        expect(page.locator("#send")).to_be_enabled()
-        wait_for(lambda: in_flight(server) == 8, 10, "the page's request to end")
-        assert disconnects(server) - before == 1  # aborted by the server, not finished
-        release.set()
-        assert [h.result(timeout=120)["tokens"] for h in holders] == [2000] * 8
+    page.fill("#max_tokens", "2000")  # the demo model never stops early: many seconds of work
+    before = disconnects(server)
+    page.fill("#prompt", "Tell me a long story")
+    page.click("#send")
+    answer = page.locator(".message.assistant").last
+    page.wait_for_function(
+        "() => { const a = document.querySelectorAll('.message.assistant');"
+        " return a.length && a[a.length - 1].firstChild.data.length > 0; }"
+    )
+    assert in_flight(server) == 1  # the answer is still being generated
+    page.click("#stop")
+    expect(answer.locator(".note")).to_have_text("stopped")
+    expect(page.locator("#send")).to_be_enabled()
     wait_for(lambda: engine_load(server) == (0, 0), 10, "the engine to be idle")
+    assert disconnects(server) - before == 1  # aborted by the server, not finished
     length = answer.evaluate("e => e.firstChild.data.length")
     print(f"\nweb page stop: {length} characters shown, engine idle")
 
