@@ -6,6 +6,7 @@ with no model path, so it serves the built-in demo model on the real vLLM engine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -140,6 +141,56 @@ def engine_children(server: Server) -> list[psutil.Process]:
     children = psutil.Process(server.process.pid).children(recursive=True)
     assert children, "vLLM runs its engine core in child processes"
     return children
+
+
+def engine_core(server: Server) -> psutil.Process:
+    return next(
+        child
+        for child in engine_children(server)
+        if "EngineCore" in child.name() + " ".join(child.cmdline())
+    )
+
+
+@contextlib.contextmanager
+def engine_paused(server: Server):
+    """vLLM's engine core is frozen (SIGSTOP) while the server, in its own process, admits
+    requests: none can finish before all are in flight, however loaded the machine is, so the
+    tests that need N requests in flight at once do not depend on timing. Resumed on leaving."""
+    core = engine_core(server)
+    core.suspend()
+    try:
+        yield
+    finally:
+        core.resume()
+
+
+def requests_waiting(port: int) -> int:
+    """Connections to `port` on loopback whose request bytes wait in the kernel, unread."""
+    waiting = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        _, local, _, state, queues, *_ = line.split()
+        established = state == "01"
+        if established and int(local.split(":")[1], 16) == port and int(queues[9:], 16) > 0:
+            waiting += 1
+    return waiting
+
+
+@contextlib.contextmanager
+def arriving_together(server: Server, count: int):
+    """The whole server is frozen (SIGSTOP) while the block sends `count` requests; it wakes
+    once the kernel holds them all, so the engine takes them in at once, whatever the engine
+    and however slowly a loaded client sent them."""
+    process = psutil.Process(server.process.pid)
+    port = int(server.url.rsplit(":", 1)[1])
+    process.suspend()
+    try:
+        yield
+        deadline = time.monotonic() + 60
+        while requests_waiting(port) < count:
+            assert time.monotonic() < deadline, f"{count} requests were not sent within 60 s"
+            time.sleep(0.05)  # polling the kernel's queues with a deadline
+    finally:
+        process.resume()
 
 
 def assert_children_gone(children: list[psutil.Process]) -> None:

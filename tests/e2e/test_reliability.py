@@ -21,9 +21,12 @@ import requests
 from tests.e2e.conftest import (
     EOS,
     Server,
+    arriving_together,
     assert_children_gone,
     close_code,
     engine_children,
+    engine_core,
+    engine_paused,
 )
 
 DEADLINE_S = 120
@@ -167,16 +170,17 @@ def test_sigterm_drains_every_kind_of_request_to_completion(launch, tmp_path):
     children = engine_children(server)
     kinds = [completion_stream] * 12 + [chatllm_stream] * 6 + [chat_whole] * 6
     kinds += [websocket_chat] * 4
-    max_tokens = 1000  # seconds of work, so all are in flight when the signal comes
+    max_tokens = 1000
     start_reading = threading.Event()
     idle = server.websocket()  # a connection between messages is not a request in flight
     with ThreadPoolExecutor(len(kinds)) as pool:
-        futures = [pool.submit(kind, server, max_tokens, start_reading) for kind in kinds]
-        wait_for(lambda: in_flight(server) == len(kinds), 60, "all requests in flight")
-        signalled = time.monotonic()
-        sigterm_then_refused(server)
-        assert close_code(idle) == 1001  # at once: it has nothing to finish
-        idle.close()
+        with engine_paused(server):  # so all are in flight when the signal comes
+            futures = [pool.submit(kind, server, max_tokens, start_reading) for kind in kinds]
+            wait_for(lambda: in_flight(server) == len(kinds), 60, "all requests in flight")
+            signalled = time.monotonic()
+            sigterm_then_refused(server)
+            assert close_code(idle) == 1001  # at once: it has nothing to finish
+            idle.close()
         start_reading.set()
         results = [future.result(timeout=DEADLINE_S) for future in futures]
     code = server.process.wait(timeout=60)
@@ -205,9 +209,12 @@ def test_when_the_grace_period_ends_open_streams_get_a_final_error(launch):
     children = engine_children(server)
     start_reading = threading.Event()
     with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(completion_stream, server, 1900, start_reading) for _ in range(8)]
-        wait_for(lambda: in_flight(server) == 8, 60, "all streams in flight")
-        server.process.send_signal(signal.SIGTERM)
+        with engine_paused(server):
+            futures = [
+                pool.submit(completion_stream, server, 1900, start_reading) for _ in range(8)
+            ]
+            wait_for(lambda: in_flight(server) == 8, 60, "all streams in flight")
+            server.process.send_signal(signal.SIGTERM)
         start_reading.set()
         results = [future.result(timeout=DEADLINE_S) for future in futures]
     assert server.process.wait(timeout=60) == 0
@@ -276,7 +283,10 @@ def test_beyond_the_running_set_and_the_queue_requests_get_429_at_once(launch):
     server = launch("--processor", "transformers", "--max-num-seqs", "4", "--max-queue-size", "2")
     start_reading = threading.Event()
     with ThreadPoolExecutor(6) as pool:
-        holders = [pool.submit(completion_stream, server, 1500, start_reading) for _ in range(6)]
+        with arriving_together(server, 6):
+            holders = [
+                pool.submit(completion_stream, server, 1500, start_reading) for _ in range(6)
+            ]
         wait_for(lambda: in_flight(server) == 6, 60, "4 running and 2 queued")
 
         def one(_):
@@ -321,9 +331,11 @@ def test_clients_that_leave_free_the_engine_at_once(server):
         return response, lines
 
     before = disconnects(server)
-    # Opened together, 16 streams of 2,000 tokens keep the engine busy for seconds.
     with ThreadPoolExecutor(16) as pool:
-        streams = list(pool.map(open_stream, range(16)))
+        with arriving_together(server, 16):
+            opening = [pool.submit(open_stream, i) for i in range(16)]
+        # Started together, 16 streams of 2,000 tokens keep the engine busy for many seconds.
+        streams = [future.result(timeout=DEADLINE_S) for future in opening]
     assert in_flight(server) == 16, requests.get(f"{server.url}/health", timeout=10).text
     assert sum(engine_load(server)) > 0
     left = time.monotonic()
@@ -377,7 +389,7 @@ def test_bad_input_gets_its_code_never_a_500(limited, method, path, kwargs, code
 def test_a_dead_engine_fails_liveness_and_exits_non_zero(launch):
     server = launch()
     children = engine_children(server)
-    core = next(c for c in children if "EngineCore" in c.name() + " ".join(c.cmdline()))
+    core = engine_core(server)
     results: list[dict] = []
     reader = threading.Thread(target=lambda: results.append(completion_stream(server, 1900)))
     reader.start()

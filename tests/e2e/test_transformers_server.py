@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.e2e.conftest import arriving_together
 from tests.e2e.test_openai_clients import *  # noqa: F403
 from tests.e2e.test_platform_clients import *  # noqa: F403
 from tests.e2e.test_reliability import (
@@ -54,7 +55,8 @@ def test_sigterm_drains_streams_to_completion(launch):
     max_tokens = 400
     start_reading = threading.Event()
     with ThreadPoolExecutor(len(kinds)) as pool:
-        futures = [pool.submit(kind, server, max_tokens, start_reading) for kind in kinds]
+        with arriving_together(server, len(kinds)):  # so none ends before the signal
+            futures = [pool.submit(kind, server, max_tokens, start_reading) for kind in kinds]
         wait_for(lambda: in_flight(server) == len(kinds), 60, "all requests in flight")
         sigterm_then_refused(server)
         start_reading.set()
@@ -83,7 +85,10 @@ def test_when_the_grace_period_ends_streams_get_a_final_error(launch):
     server = launch("--processor", "transformers", "--grace-period", "1")
     start_reading = threading.Event()
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(completion_stream, server, 2000, start_reading) for _ in range(4)]
+        with arriving_together(server, 4):
+            futures = [
+                pool.submit(completion_stream, server, 2000, start_reading) for _ in range(4)
+            ]
         wait_for(lambda: in_flight(server) == 4, 60, "all streams in flight")
         server.process.send_signal(signal.SIGTERM)
         start_reading.set()
