@@ -36,6 +36,9 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: Sequence[int]
     sampling: SamplingParams
+    # The most new tokens a step may gather (the first and the last step go out at once):
+    # fewer steps cost the server less per token. A hint; a processor may send every token.
+    stream_interval: int = 1
 
 
 @dataclass(frozen=True)

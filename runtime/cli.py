@@ -31,6 +31,7 @@ SERVE_FLAGS: dict[str, str] = {
     "--log-level": "log_level",
     "--grace-period": "grace_period",
     "--request-timeout": "request_timeout",
+    "--stream-interval": "stream_interval",
     "--max-queue-size": "max_queue_size",
     "--max-body-bytes": "max_body_bytes",
     "--warm-up": "warm_up_path",

@@ -40,7 +40,12 @@ class ServingState:
         self.config = config
         self.processor = processor
         self.metrics = Metrics()
-        self.generator = Generator(processor, config.lifecycle.request_timeout, self.metrics)
+        self.generator = Generator(
+            processor,
+            config.lifecycle.request_timeout,
+            self.metrics,
+            stream_interval=config.server.stream_interval,
+        )
         self.call_log = (
             CallLog(config.call_log, config.server.token) if config.call_log.path else None
         )

@@ -38,6 +38,9 @@ SETTINGS: dict[str, Setting] = {
     "readiness_path": Setting(str, "extra path answering readiness (the platform's probe path)"),
     "liveness_path": Setting(str, "extra path answering liveness"),
     "webui": Setting(bool, "serve the chat web page at /webui (and GET / for browsers)"),
+    "stream_interval": Setting(
+        str, "tokens per streamed chunk: 1, N, or auto (1, and 2 once the server is busy)"
+    ),
     # lifecycle and limits
     "grace_period": Setting(float, "seconds to drain in-flight requests after SIGTERM"),
     "request_timeout": Setting(float, "seconds a request may take before it is aborted (408)"),
@@ -95,6 +98,7 @@ class ServerConfig:
     readiness_path: str | None = None
     liveness_path: str | None = None
     webui: bool = False
+    stream_interval: str = "1"  # "auto" or a positive integer
 
     @property
     def platform_paths(self) -> tuple[str, str]:
@@ -294,6 +298,9 @@ def _validate(config: RuntimeConfig) -> None:
         raise ConfigError(
             f"log_level must be one of {', '.join(LOG_LEVELS)}, got {server.log_level!r}"
         )
+    interval = server.stream_interval
+    if interval != "auto" and not (interval.isdigit() and int(interval) >= 1):
+        raise ConfigError(f"stream_interval must be auto or a positive integer, got {interval!r}")
     _validate_lifecycle(config.lifecycle)
     call_log = config.call_log
     if call_log.max_bytes < 0 or call_log.backups < 1:

@@ -23,12 +23,12 @@ def engine(demo_model_dir):
         runner.run(processor.shutdown())
 
 
-def generate(engine, request_id, prompt, **sampling):
+def generate(engine, request_id, prompt, stream_interval=1, **sampling):
     processor, runner = engine
 
     async def collect():
         ids = processor.info.tokenizer.encode(prompt)
-        request = GenerationRequest(request_id, ids, SamplingParams(**sampling))
+        request = GenerationRequest(request_id, ids, SamplingParams(**sampling), stream_interval)
         return [step async for step in processor.generate(request)]
 
     return runner.run(collect())
@@ -47,6 +47,16 @@ def test_steps_carry_deltas_and_cumulative_counts(engine):
     assert steps[-1].finish_reason == "length"
     again = generate(engine, "counts-2", "Hello", max_tokens=10, temperature=0)
     assert "".join(s.text for s in again) == "".join(s.text for s in steps)
+
+
+def test_a_stream_interval_gathers_tokens_into_fewer_steps(engine):
+    every = generate(engine, "every", "Hello", max_tokens=10, temperature=0)
+    gathered = generate(engine, "gathered", "Hello", 3, max_tokens=10, temperature=0)
+    # The first token at once, then three a step, and the last step whatever is left.
+    assert [s.num_output_tokens for s in gathered] == [1, 4, 7, 10]
+    assert [s.num_output_tokens for s in every] == list(range(1, 11))
+    assert "".join(s.text for s in gathered) == "".join(s.text for s in every)
+    assert [t for s in gathered for t in s.token_ids] == [t for s in every for t in s.token_ids]
 
 
 def test_stop_strings_are_trimmed(engine):

@@ -155,6 +155,8 @@ def test_cli_flags_parse_into_settings():
                 "--engine-arg",
                 "swap-space=4",
                 "--chatllm-stream-default",
+                "--stream-interval",
+                "auto",
             ]
         )
     )
@@ -165,6 +167,8 @@ def test_cli_flags_parse_into_settings():
     assert config.engine.extra_args == {"enforce_eager": True, "swap_space": 4}
     assert config.server.chatllm_stream_default is True
     assert config.server.port == 1234
+    assert config.server.stream_interval == "auto"
+    assert load_config({}, {"LLM_RUNTIME_STREAM_INTERVAL": "3"}).server.stream_interval == "3"
 
 
 @pytest.mark.parametrize(
@@ -184,6 +188,8 @@ def test_cli_flags_parse_into_settings():
         ({"shm_policy": "pray"}, {}, "shm_policy must be one of"),
         ({"queue_result_ttl": "0"}, {}, "queue_result_ttl must be positive"),
         ({}, {"LLM_RUNTIME_ASYNC": "sometimes"}, "async (from environment)"),
+        ({"stream_interval": "0"}, {}, "stream_interval must be auto or a positive integer"),
+        ({"stream_interval": "fast"}, {}, "stream_interval must be auto or a positive integer"),
     ],
 )
 def test_bad_values_fail_with_the_setting_named(cli, env, needle):

@@ -41,6 +41,25 @@ def test_requests_beyond_running_plus_queue_get_429_at_once(demo_tokenizer):
     assert app.state.admission.num_in_flight == 0
 
 
+def test_auto_stream_interval_lets_two_tokens_share_a_step_once_the_server_is_busy(
+    demo_tokenizer,
+):
+    from runtime.generation import BUSY_RUNNING
+
+    fake = FakeProcessor(demo_tokenizer, step_delay=0.05)  # none ends before all have started
+    _, app = started_app(fake, stream_interval="auto")
+    body = {"prompt": "x", "max_new_tokens": 5}
+    responses = asyncio.run(post_all(app, [("/", body)] * (BUSY_RUNNING + 8)))
+    assert [r.status_code for r in responses] == [200] * (BUSY_RUNNING + 8)
+    intervals = [request.stream_interval for request in fake.requests]
+    assert intervals == [1] * BUSY_RUNNING + [2] * 8
+
+    fixed = FakeProcessor(demo_tokenizer)
+    _, app = started_app(fixed, stream_interval="3")
+    asyncio.run(post_all(app, [("/v1/completions", {"prompt": "x", "max_tokens": 5})]))
+    assert [request.stream_interval for request in fixed.requests] == [3]
+
+
 def test_draining_refuses_new_requests_with_503_and_readiness_says_so(fake):
     client = make_client(fake)
     client.app.state.serving.phase = Phase.DRAINING
