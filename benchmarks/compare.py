@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--offline-rounds",
         type=int,
         help="run the offline engine in this many rounds (default: every round; 0: never)",
+    )
+    parser.add_argument(
+        "--ours-arg",
+        action="append",
+        default=[],
+        help="a flag for the runtime alone, e.g. --ours-arg=--stream-interval=auto (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
@@ -96,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind in order:
             log_path = work / f"{kind}-round{round_index}.log"
             print(f"round {round_index + 1}/{args.rounds}: {kind} starting", flush=True)
-            with running_server(kind, settings, log_path, env) as (base_url, ready_s, pid):
+            own = replace(settings, extra_args=tuple(args.ours_arg)) if kind == "ours" else settings
+            with running_server(kind, own, log_path, env) as (base_url, ready_s, pid):
                 for level in args.concurrency:
                     cpu_before = cpu_seconds(pid)
                     records, duration = asyncio.run(
@@ -156,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_num_seqs": settings.max_num_seqs,
             "max_model_len": settings.max_model_len,
             "dtype": settings.dtype,
+            "ours_args": args.ours_arg,
             "env": env,
         },
         "workload": {
@@ -177,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({result['machine']['cpu_model']}, {result['machine']['cpu_cores']} cores, load "
         f"{result['machine']['load_average_1m']}), {args.rounds} rounds, {args.backend}, "
         f"{args.input_len} in / {args.output_len} out, max-num-seqs {args.max_num_seqs}, "
-        f"wall {result['wall_s']:.0f} s"
+        + (f"ours with {' '.join(args.ours_arg)}, " if args.ours_arg else "")
+        + f"wall {result['wall_s']:.0f} s"
     )
     (args.output_dir / f"{name}.md").write_text(f"{heading}\n\n{markdown}\n")
     print(f"\n{heading}\n\n{markdown}\nwrote {json_path} and {json_path.with_suffix('.md')}")
