@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the offline engine in this many rounds (default: every round; 0: never)",
     )
     parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="a flag for both servers, e.g. --server-arg=--stream-interval=2 (repeatable)",
+    )
+    parser.add_argument(
         "--ours-arg",
         action="append",
         default=[],
@@ -83,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         max_num_seqs=args.max_num_seqs,
         max_model_len=args.max_model_len,
         dtype=args.dtype,
+        extra_args=tuple(args.server_arg),
     )
     # The same engine environment for every contender; anything set outside is kept.
     env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
@@ -103,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         for kind in order:
             log_path = work / f"{kind}-round{round_index}.log"
             print(f"round {round_index + 1}/{args.rounds}: {kind} starting", flush=True)
-            own = replace(settings, extra_args=tuple(args.ours_arg)) if kind == "ours" else settings
+            own = settings
+            if kind == "ours":
+                own = replace(settings, extra_args=(*settings.extra_args, *args.ours_arg))
             with running_server(kind, own, log_path, env) as (base_url, ready_s, pid):
                 for level in args.concurrency:
                     cpu_before = cpu_seconds(pid)
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_num_seqs": settings.max_num_seqs,
             "max_model_len": settings.max_model_len,
             "dtype": settings.dtype,
+            "server_args": args.server_arg,
             "ours_args": args.ours_arg,
             "env": env,
         },
@@ -186,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({result['machine']['cpu_model']}, {result['machine']['cpu_cores']} cores, load "
         f"{result['machine']['load_average_1m']}), {args.rounds} rounds, {args.backend}, "
         f"{args.input_len} in / {args.output_len} out, max-num-seqs {args.max_num_seqs}, "
+        + (f"both with {' '.join(args.server_arg)}, " if args.server_arg else "")
         + (f"ours with {' '.join(args.ours_arg)}, " if args.ours_arg else "")
         + f"wall {result['wall_s']:.0f} s"
     )
