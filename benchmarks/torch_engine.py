@@ -21,16 +21,15 @@ from pathlib import Path
 
 from benchmarks.bench_serving import load_tokenizer, random_prompts, run, summarize
 from benchmarks.servers import EngineSettings, running_server
-from models.demo import default_cache_dir, ensure_demo_model
+from models.cache import cache_dir
+from models.demo import ensure_demo_model
 from models.random_llama import ONE_BILLION, LlamaShape, write_random_llama
 
 MODELS = {
     "demo": ensure_demo_model,
-    "llama-8x1024": lambda: write_random_llama(
-        default_cache_dir() / "random-llama-8x1024", LlamaShape()
-    ),
+    "llama-8x1024": lambda: write_random_llama(cache_dir() / "random-llama-8x1024", LlamaShape()),
     "llama-1b": lambda: write_random_llama(
-        default_cache_dir() / "random-llama-1b", ONE_BILLION, dtype="float16"
+        cache_dir() / "random-llama-1b", ONE_BILLION, dtype="float16"
     ),
 }
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from models.cache import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +61,13 @@ system user assistant model token prompt answer history stream server client eng
 """
 
 
-def default_cache_dir() -> Path:
-    root = os.environ.get("LLM_RUNTIME_CACHE_DIR") or Path.home() / ".cache" / "llm-runtime"
-    return Path(root)
+def demo_model_path(root: Path | None = None) -> Path:
+    return (root or cache_dir()) / f"demo-model-{DEMO_MODEL_VERSION}"
 
 
-def demo_model_path(cache_dir: Path | None = None) -> Path:
-    return (cache_dir or default_cache_dir()) / f"demo-model-{DEMO_MODEL_VERSION}"
-
-
-def ensure_demo_model(cache_dir: Path | None = None) -> Path:
+def ensure_demo_model(root: Path | None = None) -> Path:
     """The demo model's folder, built on first use; safe when several processes race."""
-    target = demo_model_path(cache_dir)
+    target = demo_model_path(root)
     if (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
-"""The platform's Python processor API (`import allspark`), for user code to run unmodified.
+"""The platform's Python processor API, as user code sees it (`allspark.BaseProcessor`).
 
 A user's processor subclasses `BaseProcessor`, loads its model in `initialize()` and answers
 each request body in `process(data) -> (bytes, status)`. The runtime constructs it, sets where
 the model is, calls `initialize()` once before readiness, and serves `process` on its routes.
+`allspark` (the package users import) adds `run()`, which starts the runtime: it lives above
+the runtime, this class below it.
 """
 
 from __future__ import annotations
@@ -41,10 +43,3 @@ class BaseProcessor:
 
     def get_model_config(self) -> str:
         return self.model_config
-
-    def run(self) -> None:
-        """Serve this processor, for files run directly (`python app.py`)."""
-        # The one upward import in processors/: running a processor *is* starting the runtime.
-        from runtime.cli import serve_processor
-
-        raise SystemExit(serve_processor(self))

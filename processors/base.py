@@ -1,14 +1,17 @@
-"""The one contract every inference backend implements.
+"""The two contracts inference backends implement.
 
-The runtime's APIs (ChatLLM, OpenAI, BladeLLM) are written once over `Processor`; none of them
-knows which engine serves it. A fake processor for tests fits in ~20 lines.
+`LlmProcessor` takes token ids and streams steps: vLLM and our own transformers engine. Every LLM
+API (ChatLLM, OpenAI, BladeLLM, WebSocket) is written once over it, and none of them knows which
+engine serves it; a fake one for tests fits in ~40 lines. `RawProcessor` takes a request body and
+answers bytes and a status: a user's processor on the platform's Python API. Both share the
+lifecycle part, `Processor`: start, health, load, shutdown.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -86,10 +89,21 @@ class ProcessorInfo:
     name: str  # which backend, e.g. "vllm"
     model_name: str  # the served model name clients pass back
     model_path: str
+    max_concurrency: int  # requests the engine runs at once; more wait in its queue
+
+    def describe(self) -> dict[str, Any]:
+        """The model as /info shows it."""
+        return {"name": self.model_name, "path": self.model_path}
+
+
+@dataclass(frozen=True)
+class LlmInfo(ProcessorInfo):
     max_model_len: int
     dtype: str
-    max_concurrency: int  # requests the engine runs at once; more wait in its queue
-    tokenizer: Tokenizer | None = field(default=None, repr=False)
+    tokenizer: Tokenizer = field(repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "max_context": self.max_model_len, "dtype": self.dtype}
 
 
 class ProcessorError(Exception):
@@ -105,12 +119,28 @@ class EngineDeadError(ProcessorError):
 
 
 class Processor(Protocol):
-    """An inference backend. `start` loads the model; `info` is valid after it."""
+    """What every backend does: load, report health and load, shut down. `info` is valid
+    once `start` has returned."""
 
     @property
     def info(self) -> ProcessorInfo: ...
 
     async def start(self) -> None: ...
+
+    async def check_health(self) -> None:
+        """Raises EngineDeadError when the engine cannot serve any more."""
+        ...
+
+    def stats(self) -> ProcessorStats: ...
+
+    async def shutdown(self) -> None: ...
+
+
+class LlmProcessor(Processor, Protocol):
+    """A language model engine: token ids in, steps of new text out."""
+
+    @property
+    def info(self) -> LlmInfo: ...
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[Step, None]:
         """Steps for one request, ending with one whose finish_reason is set.
@@ -122,17 +152,10 @@ class Processor(Protocol):
 
     async def abort(self, request_id: str) -> None: ...
 
-    async def check_health(self) -> None:
-        """Raises EngineDeadError when the engine cannot serve any more."""
-        ...
 
-    def stats(self) -> ProcessorStats: ...
-
-    async def shutdown(self) -> None: ...
-
-
-@runtime_checkable
-class RawProcessor(Protocol):
+class RawProcessor(Processor, Protocol):
     """A processor that answers raw request bodies (the platform's custom processors)."""
 
-    async def process(self, body: bytes) -> tuple[bytes, int]: ...
+    async def process(self, body: bytes) -> tuple[bytes, int]:
+        """The answer's bytes and HTTP status."""
+        ...

@@ -1,8 +1,7 @@
-"""A user's processor written for the platform's API, behind the runtime's Processor contract.
+"""A user's processor written for the platform's API, behind the RawProcessor contract.
 
-It takes raw bodies rather than generation requests: `process(body) -> (bytes, status)` runs
-the user's `process` in a pool of `worker_threads` threads, so that many calls run at once and
-the event loop never waits on user code.
+`process(body) -> (bytes, status)` runs the user's `process` in a pool of `worker_threads`
+threads, so that many calls run at once and the event loop never waits on user code.
 """
 
 from __future__ import annotations
@@ -12,20 +11,12 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from processors.allspark_api import BaseProcessor
-from processors.base import (
-    GenerationRequest,
-    ProcessorError,
-    ProcessorInfo,
-    ProcessorInputError,
-    ProcessorStats,
-    Step,
-)
+from processors.base import ProcessorError, ProcessorInfo, ProcessorStats
 from processors.settings import CustomSettings, EngineSettings
 
 log = logging.getLogger(__name__)
@@ -83,8 +74,6 @@ class CustomProcessor:
             name=self.name,
             model_name=self._engine.served_model_name or type(user).__name__,
             model_path=user.model_path,
-            max_model_len=0,
-            dtype="n/a",
             max_concurrency=threads,
         )
         log.info("custom processor %s initialised, %d worker threads", type(user).__name__, threads)
@@ -163,15 +152,6 @@ class CustomProcessor:
             raise ProcessorError(f"process() raised {type(exc).__name__}: {exc}") from exc
         finally:
             self._num_running -= 1
-
-    def generate(self, request: GenerationRequest) -> AsyncGenerator[Step, None]:
-        raise ProcessorInputError(
-            "this service runs a custom processor: send the raw request body to POST / "
-            "or /api/predict/<service name>"
-        )
-
-    async def abort(self, request_id: str) -> None:
-        pass  # a call in a user's thread cannot be stopped; its result is dropped
 
     async def check_health(self) -> None:
         pass

@@ -1,14 +1,16 @@
-"""Which processors exist and how `--processor auto` picks one."""
+"""Which processors exist, which contract each implements, and how `--processor auto` picks."""
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from typing import Literal
 
-from processors.base import Processor
+from processors.base import LlmProcessor, RawProcessor
 from processors.settings import CustomSettings, EngineSettings
 
 PROCESSOR_NAMES = ("auto", "vllm", "transformers", "custom")
+ProcessorKind = Literal["llm", "raw"]
 
 
 class ProcessorUnavailableError(Exception):
@@ -38,9 +40,13 @@ def resolve_processor_name(name: str) -> str:
     return name
 
 
-def create_processor(
-    name: str, settings: EngineSettings, custom: CustomSettings | None = None
-) -> Processor:
+def processor_kind(name: str) -> ProcessorKind:
+    """Which contract the processor implements: "llm" (token ids in, steps out: it loads a
+    model folder) or "raw" (request bodies in, bytes out: a user's own code and model)."""
+    return "raw" if resolve_processor_name(name) == "custom" else "llm"
+
+
+def create_llm_processor(name: str, settings: EngineSettings) -> LlmProcessor:
     resolved = resolve_processor_name(name)
     if resolved == "vllm":
         from processors.vllm_processor import VllmProcessor
@@ -50,16 +56,13 @@ def create_processor(
         from processors.transformers_processor import TransformersProcessor
 
         return TransformersProcessor(settings)
-    if resolved == "custom":
-        from processors.custom_processor import CustomProcessor
-
-        return CustomProcessor(settings, custom or CustomSettings())
-    raise ProcessorUnavailableError(f"no processor named {name!r}")
+    raise ProcessorUnavailableError(f"the {resolved} processor does not serve a model folder")
 
 
-def serves_models(name: str) -> bool:
-    """Whether the processor loads a Hugging Face model folder (custom ones bring their own)."""
-    return resolve_processor_name(name) != "custom"
+def create_raw_processor(settings: EngineSettings, custom: CustomSettings) -> RawProcessor:
+    from processors.custom_processor import CustomProcessor
+
+    return CustomProcessor(settings, custom)
 
 
 def architectures_for(name: str) -> Callable[[], set[str]]:

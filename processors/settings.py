@@ -1,24 +1,53 @@
-"""Engine settings that every processor understands; the runtime's config builds them."""
+"""Settings every processor understands, declared for the runtime's config to read."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from processors.declaration import JsonKey, at_least, declared, one_of
+
+DTYPES = ("auto", "float16", "half", "bfloat16", "float32", "float")
+
+
+def _fraction(value: float | None) -> str | None:
+    return None if value is None or 0 < value <= 1 else "must be in (0, 1]"
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    model_path: str
-    served_model_name: str | None = None
-    max_model_len: int | None = None
-    dtype: str = "auto"
-    max_num_seqs: int | None = None
-    gpu_memory_utilization: float | None = None
-    tensor_parallel_size: int = 1
-    # Engine-specific pass-through (`--engine-arg KEY=VALUE`), checked by the processor.
-    extra_args: Mapping[str, Any] = field(default_factory=dict)
+    # "" stands for the built-in demo model, resolved when serving starts.
+    model_path: str = declared(
+        "",
+        "Hugging Face model folder (default: the built-in demo model)",
+        flag="--model",
+        json=["model_path"],
+    )
+    served_model_name: str | None = declared(
+        None, "model name the OpenAI API reports and accepts (default: the folder's name)"
+    )
+    max_model_len: int | None = declared(
+        None, "context window in tokens (default: the model's)", check=at_least(1)
+    )
+    dtype: str = declared("auto", "weight dtype", check=one_of(*DTYPES))
+    max_num_seqs: int | None = declared(
+        None, "sequences the engine runs at once", check=at_least(1)
+    )
+    gpu_memory_utilization: float | None = declared(
+        None, "share of GPU memory the engine may use (default: the engine's)", check=_fraction
+    )
+    tensor_parallel_size: int = declared(1, "GPUs one model is split over", check=at_least(1))
+    # Engine-specific pass-through, checked by the processor.
+    extra_args: Mapping[str, Any] = declared(
+        {},
+        "extra engine argument (repeatable); VALUE is parsed as JSON when it can be",
+        flag="--engine-arg",
+        name="engine_args",
+        metavar="KEY=VALUE",
+    )
 
     @property
     def model_name(self) -> str:
@@ -26,13 +55,41 @@ class EngineSettings:
         return self.served_model_name or os.path.basename(os.path.normpath(self.model_path))
 
 
+def _config_text(value: Any) -> str:
+    """The platform allows model_config as a JSON object; the processor receives it as text."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 @dataclass(frozen=True)
 class CustomSettings:
     """Where a user's processor (the platform's Python processor API) is, and how it runs."""
 
-    entry: str | None = None  # the file, e.g. app.py
-    path: str | None = None  # the folder the entry is relative to
-    mainclass: str | None = None  # the BaseProcessor subclass; found when there is one
-    model_entry: str | None = None
-    model_config: str | None = None
-    worker_threads: int | None = None  # calls of process() at once
+    entry: str | None = declared(
+        None,
+        "the custom processor's file, e.g. app.py",
+        name="processor_entry",
+        json=["processor_entry"],
+    )
+    path: str | None = declared(
+        None, "the folder processor_entry is in", name="processor_path", json=["processor_path"]
+    )
+    mainclass: str | None = declared(
+        None,
+        "the allspark.BaseProcessor subclass to serve (found when there is one)",
+        name="processor_mainclass",
+        json=["processor_mainclass"],
+    )
+    model_entry: str | None = declared(
+        None, "model entry handed to the custom processor", json=["model_entry"]
+    )
+    model_config: str | None = declared(
+        None,
+        "model config handed to the custom processor",
+        json=[JsonKey("model_config", _config_text)],
+    )
+    worker_threads: int | None = declared(
+        None,
+        "calls of the custom processor's process() at once (default: the processor's own, 5)",
+        json=["metadata.rpc.worker_threads", "rpc.worker_threads", "metadata.workers"],
+        check=at_least(1),
+    )

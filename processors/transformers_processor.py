@@ -14,8 +14,8 @@ from models.tokenizer import load_tokenizer
 from processors.base import (
     EngineDeadError,
     GenerationRequest,
+    LlmInfo,
     ProcessorError,
-    ProcessorInfo,
     ProcessorInputError,
     ProcessorStats,
     Step,
@@ -38,12 +38,12 @@ class TransformersProcessor:
     def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
         self._engine: TorchEngine | None = None
-        self._info: ProcessorInfo | None = None
+        self._info: LlmInfo | None = None
         self._streams: dict[str, asyncio.Queue] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
-    def info(self) -> ProcessorInfo:
+    def info(self) -> LlmInfo:
         if self._info is None:
             raise RuntimeError("the transformers processor has not started")
         return self._info
@@ -60,7 +60,7 @@ class TransformersProcessor:
         self._engine = loaded.engine
         self._engine.start(self._on_outputs)
         settings = self._settings
-        self._info = ProcessorInfo(
+        self._info = LlmInfo(
             name=self.name,
             model_name=settings.model_name,
             model_path=settings.model_path,
@@ -101,8 +101,8 @@ class TransformersProcessor:
                 engine.abort(request.request_id)
 
     def _check_input(self, request: GenerationRequest) -> None:
-        vocab = len(self.info.tokenizer) if self.info.tokenizer is not None else None
-        bad = [t for t in request.prompt_token_ids if t < 0 or (vocab and t >= vocab)]
+        vocab = len(self.info.tokenizer)
+        bad = [t for t in request.prompt_token_ids if not 0 <= t < vocab]
         if bad:
             raise ProcessorInputError(f"token id {bad[0]} is out of vocabulary (size {vocab})")
         if not request.prompt_token_ids:

@@ -12,8 +12,8 @@ from models.tokenizer import load_tokenizer
 from processors.base import (
     EngineDeadError,
     GenerationRequest,
+    LlmInfo,
     ProcessorError,
-    ProcessorInfo,
     ProcessorInputError,
     ProcessorStats,
     SamplingParams,
@@ -38,11 +38,11 @@ class VllmProcessor:
         self._settings = settings
         self._engine: Any = None
         self._engine_input: Any = None  # token ids -> the engine's prompt type
-        self._info: ProcessorInfo | None = None
+        self._info: LlmInfo | None = None
         self._scheduler_stats: Any = None
 
     @property
-    def info(self) -> ProcessorInfo:
+    def info(self) -> LlmInfo:
         if self._info is None:
             raise RuntimeError("the vllm processor has not started")
         return self._info
@@ -61,7 +61,7 @@ class VllmProcessor:
         self._engine_input = _engine_input_factory()
         tokenizer = await asyncio.to_thread(load_tokenizer, self._settings.model_path)
         model_config = self._engine.model_config
-        self._info = ProcessorInfo(
+        self._info = LlmInfo(
             name=self.name,
             model_name=self._settings.model_name,
             model_path=self._settings.model_path,

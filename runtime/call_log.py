@@ -1,11 +1,12 @@
 """Call records (the platform's "save call records"): one JSON line per request and its answer.
 
 A record begins where a call enters (the HTTP middleware below, or the WebSocket handler for
-each message), is filled in by the Generator as the engine steps (request id, token counts, time
-to first token, text, how it ended), and is handed over once the answer is complete or cut short
-(then marked so: `finish_reason` "abort" and the error's status, 499 for a client that left).
-The event loop only appends to a bounded queue; serialising, redacting and writing happen on a
-background thread, which rotates the file by size as logging's RotatingFileHandler does.
+each message), is filled in by the GenerationRunner as the engine steps (request id, token
+counts, time to first token, text, how it ended), and is handed over once the answer is
+complete or cut short (then marked so: `finish_reason` "abort" and the error's status, 499 for
+a client that left). The event loop only appends to a bounded queue; serialising, redacting and
+writing happen on a background thread, which rotates the file by size as logging's
+RotatingFileHandler does.
 Headers are never recorded (the token travels there), and the token is redacted from the rest.
 """
 
@@ -27,7 +28,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processors.base import Step
-from runtime.config.settings import CallLogConfig
+from runtime.config import CallLogConfig
 from runtime.errors import ApiError
 
 log = logging.getLogger(__name__)

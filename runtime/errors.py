@@ -64,6 +64,11 @@ class ApiError(Exception):
         return {"error": error}
 
 
+class ShuttingDown(ApiError):
+    """Work cut short because serving ends (the drain period ran out, the engine died): it was
+    not the request's fault, and queued work goes back to the queue for the next start."""
+
+
 def bad_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(ErrorKind.BAD_REQUEST, message, param)
 
@@ -87,7 +92,7 @@ def from_exception(exc: BaseException) -> ApiError:
     if isinstance(exc, ProcessorInputError):
         return ApiError(ErrorKind.BAD_REQUEST, str(exc))
     if isinstance(exc, EngineDeadError):
-        return ApiError(ErrorKind.ENGINE_DEAD, "the inference engine is not running")
+        return ShuttingDown(ErrorKind.ENGINE_DEAD, "the inference engine is not running")
     if isinstance(exc, ProcessorError):
         log.error("request failed in the processor: %s", exc)
         return ApiError(ErrorKind.INTERNAL, str(exc))

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
-from processors.base import GenerationRequest, Processor, SamplingParams, Step, TokenLogprob
+from processors.base import GenerationRequest, LlmProcessor, SamplingParams, Step, TokenLogprob
 from runtime.call_log import current_call
 from runtime.errors import ApiError, ErrorKind, from_exception
 from runtime.metrics import Metrics
@@ -68,19 +68,19 @@ def usage(choices: Sequence[Choice], num_prompt_tokens: int) -> dict[str, int]:
     }
 
 
-class Generator:
+class GenerationRunner:
     """The APIs' one way into the processor; knows every request running in it."""
 
     def __init__(
         self,
-        processor: Processor,
+        processor: LlmProcessor,
+        metrics: Metrics,
         request_timeout: float | None = None,
-        metrics: Metrics | None = None,
         stream_interval: str = "1",
     ) -> None:
         self.processor = processor
         self.request_timeout = request_timeout
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics
         self._fixed_interval = None if stream_interval == "auto" else int(stream_interval)
         self._abort_reasons: dict[str, ApiError | None] = {}  # running request -> why aborted
         self._pending_aborts: set[asyncio.Task] = set()

@@ -1,10 +1,9 @@
 """One server process from start to exit: bind, prepare, load, warm up, serve, drain, stop.
 
 The port is bound first, so probes get answers while everything else happens: /health 200 and
-/ready 503 with the phase. SIGTERM drains: readiness and new requests get 503 at once, requests
-in flight run to completion for up to the grace period, then the rest are aborted with a final
-error and the process exits 0. A second signal exits at once. A watchdog exits non-zero when
-the engine dies, so the orchestrator restarts the container.
+/ready 503 with the phase. SIGTERM drains (runtime/drain.py) and the process exits 0; a second
+signal exits at once. A watchdog exits non-zero when the engine dies, so the orchestrator
+restarts the container.
 """
 
 from __future__ import annotations
@@ -16,51 +15,57 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import uvicorn
 
-from models.demo import ensure_demo_model
 from models.validate import ModelCheckError
-from processors.base import Processor
 from processors.custom_processor import CustomProcessorError
-from processors.registry import create_processor, serves_models
-from runtime.admission import Admission
-from runtime.app import build_app
-from runtime.config import RuntimeConfig
-from runtime.errors import ApiError, ErrorKind
+from runtime.app import ServedApp, ServingParts
+from runtime.config import ConfigError
+from runtime.drain import EXIT_ENGINE_FAILED, EXIT_OK, DrainController
 from runtime.host import ensure_shared_memory, gpu_facts, resource_shortfalls, wanted_shm_bytes
-from runtime.model_source import check_model, resolve_model
+from runtime.http_server import HttpServer
+from runtime.phase import Phase
 from runtime.prepare import (
     PrepareError,
     apply_container_env,
     check_storage_mounts,
     install_python_requirements,
 )
-from runtime.state import Phase, ServingState
+from runtime.queue import open_queue
+from runtime.threads import DaemonThreadExecutor
 from runtime.warmup import read_warm_up, run_warm_up
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_ENGINE_FAILED, EXIT_START_ERROR = 0, 1, 2
-WATCHDOG_INTERVAL_S = 1.0
+EXIT_START_ERROR = 2
 ENGINE_SHUTDOWN_TIMEOUT_S = 30.0
 # Start-up is never silent: a phase is logged when it begins and this often while it lasts.
 PROGRESS_INTERVAL_S = 10.0
+START_ERRORS = (PrepareError, ModelCheckError, CustomProcessorError, ConfigError, ValueError)
 
 
 class Lifecycle:
-    def __init__(self, config: RuntimeConfig, processor: Processor | None = None) -> None:
-        self.config = config
-        self.engine = resolve_model(config)
-        processor = processor or create_processor(config.processor, self.engine, config.custom)
-        self.state = ServingState(config, processor)
-        self.app = build_app(self.state)
-        self.admission: Admission = self.app.state.admission
-        self.server = _HttpServer(
+    """One server process serving `served` (an app over its processor, made from `parts`)."""
+
+    def __init__(self, parts: ServingParts, served: ServedApp) -> None:
+        self.config = config = parts.config
+        self.parts = parts
+        self.status = parts.status
+        self.served = served
+        self.processor = served.processor
+        self.drain = DrainController(
+            parts.status,
+            parts.admission,
+            self.served.abort_all,
+            self._stop_server,
+            config.lifecycle.grace_period,
+        )
+        self.server = HttpServer(
             uvicorn.Config(
-                self.app,
+                self.served.asgi,
                 host=config.server.host,
                 port=config.server.port,
                 log_config=None,  # keep the runtime's logging set-up
@@ -80,6 +85,7 @@ class Lifecycle:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(DaemonThreadExecutor())
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         serving = asyncio.create_task(self.server.serve(), name="http-server")
@@ -89,11 +95,13 @@ class Lifecycle:
         finally:
             for task in self._tasks:
                 task.cancel()
-            if self.state.phase is not Phase.FAILED:
-                self.state.phase = Phase.STOPPING
+            if self.status.phase is not Phase.FAILED:
+                self.status.phase = Phase.STOPPING
+            if self.parts.queue is not None:
+                await self.parts.queue.stop()
             await self._shutdown_processor()
-            if self.state.call_log is not None:  # every record of the drained requests lands
-                await asyncio.to_thread(self.state.call_log.close)
+            if self.parts.call_log is not None:  # every record of the drained requests lands
+                await asyncio.to_thread(self.parts.call_log.close)
         log.info("stopped (exit code %d)", self.exit_code)
         return self.exit_code
 
@@ -101,12 +109,12 @@ class Lifecycle:
         progress = self._spawn(self._report_progress(), "start-up progress")
         try:
             await self._prepare()
-            await self._load()
-            await self._warm_up()
+            service = await self._load()
+            await self._warm_up(service)
             _freeze_heap()
         except asyncio.CancelledError:
             raise
-        except (PrepareError, ModelCheckError, CustomProcessorError, ValueError) as exc:
+        except START_ERRORS as exc:
             self._fail(f"cannot start: {exc}", EXIT_START_ERROR)
             return
         except Exception as exc:
@@ -115,23 +123,29 @@ class Lifecycle:
             return
         finally:
             progress.cancel()
-        self.state.phase = Phase.READY
+        self.status.phase = Phase.READY
+        if self.parts.queue is not None:
+            answer = self.served.answers(service)[self.config.server.platform_paths[1]]
+            concurrency = self.processor.info.max_concurrency
+            self.parts.queue.start(answer, self.parts.admission, concurrency)
         log.info(
             "ready on port %d, %.1f s after start",
             self.config.server.port,
             time.monotonic() - self._started,
         )
-        self._spawn(self._watch_engine(), "engine-watchdog")
+        self._spawn(self.drain.watch(self.processor.check_health), "engine-watchdog")
 
     async def _prepare(self) -> None:
         prepare, lifecycle = self.config.prepare, self.config.lifecycle
         apply_container_env(prepare, os.environ)
         check_storage_mounts(prepare)
-        if self.state.call_log is not None:
+        if self.parts.call_log is not None:
             try:
-                self.state.call_log.open()
+                self.parts.call_log.open()
             except OSError as exc:
                 raise PrepareError(f"cannot open the call log: {exc}") from exc
+        if self.parts.queue is not None:
+            self.parts.queue.attach(await asyncio.to_thread(open_queue, self.config))
         if prepare.python_requirements or prepare.python_requirements_path:
             self._enter(Phase.INSTALLING)
             await asyncio.to_thread(install_python_requirements, prepare)
@@ -139,14 +153,15 @@ class Lifecycle:
         log.info("GPUs: %s", gpus if gpus is not None else "none seen (no NVML)")
         for shortfall in resource_shortfalls(dict(lifecycle.host_resources), gpus):
             log.warning("resources: %s", shortfall)
+        engine = self.config.engine
         shm = ensure_shared_memory(
-            wanted_shm_bytes(lifecycle.shm_size_gb, self.engine.tensor_parallel_size),
-            self.engine.tensor_parallel_size,
+            wanted_shm_bytes(lifecycle.shm_size_gb, engine.tensor_parallel_size),
+            engine.tensor_parallel_size,
             lifecycle.shm_policy,
             os.environ,
         )
         (log.info if shm.action == "enough" else log.warning)("%s", shm.describe())
-        self.state.host_facts = {
+        self.status.host_facts = {
             "gpus": gpus,
             "shared_memory": {
                 "size_bytes": shm.size_bytes,
@@ -155,33 +170,27 @@ class Lifecycle:
             },
         }
 
-    async def _load(self) -> None:
+    async def _load(self) -> Any:
         self._enter(Phase.LOADING)
-        if serves_models(self.config.processor):
-            if not self.config.engine.model_path:
-                await asyncio.to_thread(ensure_demo_model)
-            report = await asyncio.to_thread(check_model, self.config.processor, self.engine)
-            log.info("model check passed:\n%s", report.describe())
-            size = report.weight_bytes
-            shown = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
-            files = f"{len(report.weight_files)} {report.weight_format} file(s)"
-            self._loading = f" {report.path} ({files}, {shown})"
-        await self.state.load()
+        self._loading = await self.served.check()
+        service = await self.served.load()
+        self.parts.admission.open(service, self.processor.info.max_concurrency)
+        return service
 
     def _enter(self, phase: Phase) -> None:
-        self.state.phase = phase
+        self.status.phase = phase
         log.info("start-up: %s (%.0f s after start)", phase.value, time.monotonic() - self._started)
 
     async def _report_progress(self) -> None:
         """Every PROGRESS_INTERVAL_S of a start-up phase, says it goes on: the seconds spent in
         it and the GPU memory in use (it grows as the weights arrive)."""
-        phase, since = self.state.phase, time.monotonic()
+        phase, since = self.status.phase, time.monotonic()
         reported = since
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            if self.state.phase is not phase:  # each phase logs its own beginning
-                phase, since, reported = self.state.phase, now, now
+            if self.status.phase is not phase:  # each phase logs its own beginning
+                phase, since, reported = self.status.phase, now, now
             elif now - reported >= PROGRESS_INTERVAL_S:
                 reported = now
                 what = self._loading if phase is Phase.LOADING else ""
@@ -193,13 +202,12 @@ class Lifecycle:
                     in_use = f"; GPU memory in use {used:.1f} of {total:.1f} GiB"
                 log.info("still %s%s: %.0f s%s", phase.value, what, now - since, in_use)
 
-    async def _warm_up(self) -> None:
+    async def _warm_up(self, service: Any) -> None:
         path = self.config.lifecycle.warm_up_path
         if path:
-            self._enter(Phase.WARMING_UP)  # the processor is loaded: state.load() set it
+            self._enter(Phase.WARMING_UP)
             requests = read_warm_up(path, self.config.server.service_name)
-            key, token = self.admission.warm_up_key, self.config.server.token
-            await run_warm_up(self.app, requests, key, token)
+            await run_warm_up(self.served.answers(service), requests)
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -209,58 +217,25 @@ class Lifecycle:
             logging.shutdown()
             os._exit(128 + signum)
         self._stopping = True
-        self._spawn(self._drain(name), "drain")
-
-    async def _drain(self, signal_name: str) -> None:
-        if not self.state.is_ready:  # nothing was admitted yet: stop starting
-            log.info("%s while %s: stopping", signal_name, self.state.phase.value)
+        if not self.status.is_ready:  # nothing was admitted yet: stop starting
+            log.info("%s while %s: stopping", name, self.status.phase.value)
             self._startup.cancel()
-            self.server.should_exit = True
+            self._stop_server(EXIT_OK)
             return
-        grace = self.config.lifecycle.grace_period
-        self.state.phase = Phase.DRAINING
-        log.info(
-            "%s: draining %d requests in flight for up to %g s",
-            signal_name,
-            self.admission.num_in_flight,
-            grace,
-        )
-        if not await self.admission.wait_idle(grace):
-            reason = ApiError(
-                ErrorKind.UNAVAILABLE,
-                f"the server is shutting down and its drain period of {grace:g} s ended "
-                "before this request finished",
-            )
-            aborted = self.state.generator.abort_all(reason)
-            log.warning("drain period ended: %d requests aborted with an error", aborted)
-            await self.admission.wait_idle(5)  # their final error chunks go out
-        self.server.should_exit = True
+        self._spawn(self.drain.drain(name), "drain")
 
-    async def _watch_engine(self) -> None:
-        while True:
-            await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            try:
-                await asyncio.wait_for(self.state.processor.check_health(), 10)
-            except Exception as exc:
-                log.error("the engine is dead (%s): exiting so the container restarts", exc)
-                self.state.phase = Phase.FAILED
-                self.exit_code = EXIT_ENGINE_FAILED
-                self.state.generator.abort_all(
-                    ApiError(ErrorKind.ENGINE_DEAD, "the inference engine died")
-                )
-                await self.admission.wait_idle(3)
-                self.server.should_exit = True
-                return
-
-    def _fail(self, message: str, exit_code: int) -> None:
-        log.error("%s", message)
-        self.state.phase = Phase.FAILED
+    def _stop_server(self, exit_code: int) -> None:
         self.exit_code = exit_code
         self.server.should_exit = True
 
+    def _fail(self, message: str, exit_code: int) -> None:
+        log.error("%s", message)
+        self.status.phase = Phase.FAILED
+        self._stop_server(exit_code)
+
     async def _shutdown_processor(self) -> None:
         try:
-            await asyncio.wait_for(self.state.processor.shutdown(), ENGINE_SHUTDOWN_TIMEOUT_S)
+            await asyncio.wait_for(self.processor.shutdown(), ENGINE_SHUTDOWN_TIMEOUT_S)
         except Exception as exc:
             log.warning("the engine did not shut down cleanly: %s", exc)
         _kill_children()
@@ -270,16 +245,6 @@ class Lifecycle:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-
-class _HttpServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the lifecycle drains on SIGTERM, and uvicorn
-    would also re-raise the signal once serving ends, killing the process before the engine
-    (and its child processes) is shut down."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _freeze_heap() -> None:

@@ -1,7 +1,7 @@
 """Prometheus metrics under vLLM's names, so existing dashboards work whatever the processor.
 
 Each app has its own registry (no global state); request timings are recorded where every API
-passes, in the Generator, and HTTP outcomes in a middleware. The engine's load (running,
+passes, in the GenerationRunner, and HTTP outcomes in a middleware. The engine's load (running,
 waiting, KV cache) is read from the processor when scraped.
 """
 

@@ -6,16 +6,14 @@ import dataclasses
 
 from models.demo import DEMO_MODEL_NAME, demo_model_path
 from models.validate import ModelReport, check_model_dir
-from processors.registry import architectures_for, resolve_processor_name, serves_models
+from processors.registry import architectures_for, resolve_processor_name
 from processors.settings import EngineSettings
-from runtime.config import RuntimeConfig
 
 
-def resolve_model(config: RuntimeConfig) -> EngineSettings:
+def resolve_model(engine: EngineSettings) -> EngineSettings:
     """The engine settings with a concrete model path: the built-in demo model when none
     (built later, after the port is bound, if it is not cached yet)."""
-    engine = config.engine
-    if engine.model_path or not serves_models(config.processor):
+    if engine.model_path:
         return engine
     return dataclasses.replace(
         engine,

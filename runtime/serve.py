@@ -1,20 +1,66 @@
-"""`llm-runtime serve`: log what is in effect, then run the process's lifecycle."""
+"""Serving entry points: `llm-runtime serve`, and a processor file run with python.
+
+Each logs what is in effect, makes the processor the config asks for, the app of its contract,
+and runs the process's lifecycle until it stops; the result is the process exit code.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
-from processors.base import Processor
-from processors.registry import resolve_processor_name
-from runtime.config import RuntimeConfig
-from runtime.lifecycle import Lifecycle
+from processors.allspark_api import BaseProcessor
+from processors.custom_processor import CustomProcessor
+from processors.registry import (
+    ProcessorUnavailableError,
+    create_llm_processor,
+    create_raw_processor,
+    processor_kind,
+)
+from runtime.app import LlmApp, RawApp, ServedApp, ServingParts
+from runtime.config import ConfigError, RuntimeConfig
+from runtime.config.flags import serve_config
+from runtime.lifecycle import EXIT_START_ERROR, Lifecycle
+from runtime.logs import setup_logging
+from runtime.model_source import resolve_model
 
 log = logging.getLogger(__name__)
 
 
-def serve(config: RuntimeConfig, processor: Processor | None = None) -> int:
-    """Run the server until it is stopped; the process exit code."""
+def serve(config: RuntimeConfig) -> int:
+    """Serve the processor `config` names."""
+    try:
+        parts = ServingParts.for_config(config)
+        served: ServedApp
+        if processor_kind(config.processor) == "raw":
+            served = RawApp(parts, create_raw_processor(config.engine, config.custom))
+        else:
+            settings = resolve_model(config.engine)
+            served = LlmApp(parts, create_llm_processor(config.processor, settings), settings)
+    except ProcessorUnavailableError as exc:  # a missing engine fails before the port is bound
+        log.error("cannot serve: %s", exc)
+        return EXIT_START_ERROR
+    return _run(parts, served)
+
+
+def serve_user_processor(user: BaseProcessor, argv: list[str]) -> int:
+    """Serve a processor object already built (a file run with python: `python app.py
+    --port 8000`); `argv` takes `llm-runtime serve`'s flags."""
+    setup_logging()
+    try:
+        config = serve_config([*argv, "--processor", "custom"], os.environ)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_START_ERROR
+    if config.custom.worker_threads:
+        user.worker_threads = config.custom.worker_threads
+    parts = ServingParts.for_config(config)
+    return _run(parts, RawApp(parts, CustomProcessor.for_instance(user, config.engine)))
+
+
+def _run(parts: ServingParts, served: ServedApp) -> int:
+    config = parts.config
     logging.getLogger().setLevel(config.server.log_level.upper())
     log.info("config in effect: %s", config.redacted())
     if config.ignored_keys:
@@ -22,9 +68,8 @@ def serve(config: RuntimeConfig, processor: Processor | None = None) -> int:
             "service JSON keys ignored (not supported by this runtime): %s",
             ", ".join(config.ignored_keys),
         )
-    resolve_processor_name(config.processor)  # an unknown or missing engine fails before bind
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(Lifecycle(config, processor).run())
+        return runner.run(Lifecycle(parts, served).run())
 
 
 def _loop_factory():  # -> Callable[[], AbstractEventLoop]

@@ -1,4 +1,4 @@
-"""Replays warm-up requests through the app itself before readiness turns 200.
+"""Replays warm-up requests before readiness turns 200, answered by the routes' own code.
 
 The file holds JSON lines, one request each, in any served API shape: `{"path": ..., "body":
 ...}` names the route; a bare body is routed by its fields (`messages` → chat completions,
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from runtime.admission import WARM_UP_HEADER
+from runtime.api.answers import Answer
 from runtime.prepare import PrepareError
 
 log = logging.getLogger(__name__)
@@ -54,19 +53,18 @@ def _route(item: dict, service_name: str) -> tuple[str, Any]:
     return "/v1/completions", item
 
 
-async def run_warm_up(
-    app: Any, requests: list[tuple[str, Any]], key: str, token: str | None
-) -> None:
-    headers = {WARM_UP_HEADER: key}
-    if token:
-        headers["Authorization"] = token
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://warm-up") as client:
-        for number, (path, body) in enumerate(requests, 1):
-            response = await client.post(path, json=body, headers=headers, timeout=None)
-            if response.status_code != 200:
-                raise PrepareError(
-                    f"warm-up request {number} to {path} failed with {response.status_code}: "
-                    f"{response.text[:300]}"
-                )
+async def run_warm_up(answers: Mapping[str, Answer], requests: list[tuple[str, Any]]) -> None:
+    """Each request answered by its route's code (`answers`, by path); any answer but 200 stops
+    the start."""
+    for number, (path, body) in enumerate(requests, 1):
+        answer = answers.get(path)
+        if answer is None:
+            served = ", ".join(sorted(answers))
+            raise PrepareError(f"warm-up request {number}: {path} is not served here ({served})")
+        data, status = await answer(json.dumps(body).encode(), "application/json")
+        if status != 200:
+            raise PrepareError(
+                f"warm-up request {number} to {path} failed with {status}: "
+                f"{data.decode(errors='replace')[:300]}"
+            )
     log.info("warm-up: %d requests replayed", len(requests))

@@ -18,11 +18,12 @@ from starlette.responses import Response
 
 from processors.base import SamplingParams
 from runtime.api.disconnect import unless_disconnected
-from runtime.api.framing import json_response, nul_record, nul_response, primed
+from runtime.api.framing import nul_record, nul_response, primed
 from runtime.api.schema import ChatLLMRequest
-from runtime.errors import bad_request, describe_validation_errors, from_exception
+from runtime.config import ServerConfig
+from runtime.errors import ShuttingDown, bad_request, describe_validation_errors, from_exception
 from runtime.generation import new_request_id
-from runtime.state import ServingState
+from runtime.service import AdmittedLlm, LlmService
 
 log = logging.getLogger(__name__)
 
@@ -62,36 +63,74 @@ def chatllm_messages(chat: ChatLLMRequest) -> list[dict[str, str]]:
     return messages
 
 
-def prepare_chat(state: ServingState, chat: ChatLLMRequest) -> tuple[list[int], SamplingParams]:
+def prepare_chat(service: LlmService, chat: ChatLLMRequest) -> tuple[list[int], SamplingParams]:
     """The prompt's token ids and the sampling, checked against the context window."""
-    prompt_ids = state.prompts.encode_chat(chatllm_messages(chat))
-    max_tokens = state.prompts.budget(
+    prompt_ids = service.prompts.encode_chat(chatllm_messages(chat))
+    max_tokens = service.prompts.budget(
         len(prompt_ids), chat.max_new_tokens, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS
     )
     return prompt_ids, chat.sampling(max_tokens)
 
 
-def chatllm_router(state: ServingState) -> APIRouter:
-    router = APIRouter()
-    stream_default = state.config.server.chatllm_stream_default
+class ChatLLM:
+    """One ChatLLM request, parsed and checked: answered whole, or as a stream of records."""
 
-    async def predict(request: Request) -> Response:
-        state.require_ready()
-        body = await request.body()
-        chat, is_plain = parse_chatllm_body(body, request.headers.get("content-type", ""))
-        prompt_ids, sampling = prepare_chat(state, chat)
-        request_id = new_request_id("chatllm")
-        streaming = not is_plain and (
-            stream_default if chat.use_stream_chat is None else chat.use_stream_chat
+    def __init__(self, service: LlmService, body: bytes, content_type: str, stream_default: bool):
+        self.chat, is_plain = parse_chatllm_body(body, content_type)
+        self.prompt_ids, self.sampling = prepare_chat(service, self.chat)
+        self.streaming = not is_plain and (
+            stream_default if self.chat.use_stream_chat is None else self.chat.use_stream_chat
         )
-        if streaming:
-            steps = state.generator.stream(request_id, prompt_ids, sampling)
-            return nul_response(_stream(chat, len(prompt_ids), await primed(steps)))
-        work = state.generator.complete(request_id, [prompt_ids], sampling, n=1)
-        (choice,) = await unless_disconnected(request, work)
-        return json_response(_answer(chat, choice.text, len(prompt_ids), choice.num_output_tokens))
+        self._runner = service.runner
+        self._request_id = new_request_id("chatllm")
 
-    for path in state.config.server.platform_paths:
+    async def whole(self, request: Request | None = None) -> bytes:
+        """The answer as one JSON object (stopped when `request`'s client leaves)."""
+        work = self._runner.complete(self._request_id, [self.prompt_ids], self.sampling, n=1)
+        (choice,) = await unless_disconnected(request, work)
+        num_prompt = len(self.prompt_ids)
+        return orjson.dumps(_answer(self.chat, choice.text, num_prompt, choice.num_output_tokens))
+
+    def records(self) -> AsyncGenerator[bytes, None]:
+        """The streamed answer's records; an error ends it by raising."""
+        steps = self._runner.stream(self._request_id, self.prompt_ids, self.sampling)
+        return _records(self.chat, len(self.prompt_ids), steps)
+
+
+async def answer_chatllm(
+    service: LlmService, body: bytes, content_type: str, stream_default: bool
+) -> tuple[bytes, int]:
+    """What `POST /` answers this body, as bytes and a status (queued requests are answered
+    so). Raises ShuttingDown when serving ends first, so the work is not lost."""
+    try:
+        chat = ChatLLM(service, body, content_type, stream_default)
+        if not chat.streaming:
+            return await chat.whole(), 200
+        parts = []
+        async with aclosing(chat.records()) as records:
+            async for record in _errors_end_the_stream(records, keep=ShuttingDown):
+                parts.append(record)
+        return b"".join(parts), 200
+    except ShuttingDown:
+        raise
+    except Exception as exc:
+        error = from_exception(exc)
+        return orjson.dumps(error.body()), error.status
+
+
+def chatllm_router(config: ServerConfig) -> APIRouter:
+    router = APIRouter()
+    stream_default = config.chatllm_stream_default
+
+    async def predict(request: Request, service: AdmittedLlm) -> Response:
+        body = await request.body()
+        chat = ChatLLM(service, body, request.headers.get("content-type", ""), stream_default)
+        if chat.streaming:
+            records = await primed(chat.records())
+            return nul_response(_errors_end_the_stream(records))
+        return Response(await chat.whole(request), media_type="application/json")
+
+    for path in config.platform_paths:
         router.add_api_route(
             path,
             predict,
@@ -121,13 +160,27 @@ def _answer(chat: ChatLLMRequest, text: str, num_prompt: int, num_output: int) -
     }
 
 
-async def _stream(chat: ChatLLMRequest, num_prompt: int, steps: AsyncGenerator) -> AsyncIterator:
+async def _records(
+    chat: ChatLLMRequest, num_prompt: int, steps: AsyncGenerator
+) -> AsyncGenerator[bytes, None]:
     text = ""
     async with aclosing(steps):  # a client that leaves closes this, which aborts the request
+        async for step in steps:
+            text += step.text
+            if step.text or step.finish_reason:
+                yield nul_record(_answer(chat, text, num_prompt, step.num_output_tokens))
+
+
+async def _errors_end_the_stream(
+    records: AsyncGenerator[bytes, None], keep: type[Exception] | None = None
+) -> AsyncIterator[bytes]:
+    """The records, and an error that cuts them short as a last record (unless it is a `keep`
+    error, which is raised)."""
+    async with aclosing(records):
         try:
-            async for step in steps:
-                text += step.text
-                if step.text or step.finish_reason:
-                    yield nul_record(_answer(chat, text, num_prompt, step.num_output_tokens))
+            async for record in records:
+                yield record
         except Exception as exc:
+            if keep is not None and isinstance(exc, keep):
+                raise
             yield nul_record(from_exception(exc).body())

@@ -23,12 +23,14 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from runtime.admission import Admission
+from runtime.admission import Admission, admitted_service
 from runtime.api.chatllm import parse_chatllm_body, prepare_chat
-from runtime.call_log import CallRecord, recording
+from runtime.call_log import CallLog, CallRecord, recording
+from runtime.config import ServerConfig
 from runtime.errors import ApiError, ErrorKind, from_exception
 from runtime.generation import new_request_id
-from runtime.state import ServingState
+from runtime.phase import ServingStatus
+from runtime.service import LlmService
 
 EOS = "<EOS>"
 GOING_AWAY = 1001
@@ -36,13 +38,16 @@ GOING_AWAY = 1001
 MAX_WAITING_MESSAGES = 8
 
 
-def chatllm_websocket_router(state: ServingState, admission: Admission) -> APIRouter:
+def chatllm_websocket_router(
+    config: ServerConfig, status: ServingStatus, admission: Admission, call_log: CallLog | None
+) -> APIRouter:
     router = APIRouter()
 
     async def converse(websocket: WebSocket) -> None:
-        await ChatSession(state, admission, websocket).run()
+        service = admitted_service(websocket)
+        await ChatSession(service, status, admission, call_log, websocket).run()
 
-    for path in state.config.server.platform_paths:
+    for path in config.platform_paths:
         router.add_api_websocket_route(path, converse)
     return router
 
@@ -50,9 +55,18 @@ def chatllm_websocket_router(state: ServingState, admission: Admission) -> APIRo
 class ChatSession:
     """One connection: its conversation, its messages answered in order, and its end."""
 
-    def __init__(self, state: ServingState, admission: Admission, websocket: WebSocket) -> None:
-        self.state = state
+    def __init__(
+        self,
+        service: LlmService,
+        status: ServingStatus,
+        admission: Admission,
+        call_log: CallLog | None,
+        websocket: WebSocket,
+    ) -> None:
+        self.service = service
+        self.status = status
         self.admission = admission
+        self.call_log = call_log
         self.websocket = websocket
         self.system_prompt = ""
         self.history: list[list[str]] = []
@@ -61,7 +75,7 @@ class ChatSession:
         await self.websocket.accept()
         inbox: asyncio.Queue[bytes] = asyncio.Queue(MAX_WAITING_MESSAGES)
         reader = asyncio.create_task(self._read(inbox))  # done when the client has left
-        stopping = self.state.stopping()
+        stopping = self.status.ending()
         try:
             while True:
                 next_message = asyncio.ensure_future(inbox.get())
@@ -91,7 +105,7 @@ class ChatSession:
 
     async def _answer(self, data: bytes, reader: asyncio.Task, stopping: asyncio.Future) -> bool:
         """Answer one message; False when the connection is over."""
-        refusal = self.admission.refusal(is_warm_up=False)  # over the queue limit, or draining
+        refusal = self.admission.refusal()  # over the queue limit, or draining
         counted = self.admission.admitted() if refusal is None else contextlib.nullcontext()
         with counted:
             reply = asyncio.ensure_future(
@@ -111,7 +125,7 @@ class ChatSession:
 
     async def _reply(self, data: bytes, refusal: ApiError | None) -> None:
         call = CallRecord("WEBSOCKET", self.websocket.scope["path"], self.websocket.client, data)
-        with recording(self.state.call_log, call):
+        with recording(self.call_log, call):
             try:
                 if refusal is not None:
                     raise refusal
@@ -136,9 +150,9 @@ class ChatSession:
             self.system_prompt, self.history = system_prompt, history
             return
         chat = chat.model_copy(update={"system_prompt": system_prompt, "history": history})
-        prompt_ids, sampling = prepare_chat(self.state, chat)
+        prompt_ids, sampling = prepare_chat(self.service, chat)
         streaming = chat.use_stream_chat is not False  # true unless asked otherwise
-        steps = self.state.generator.stream(new_request_id("chatllm"), prompt_ids, sampling)
+        steps = self.service.runner.stream(new_request_id("chatllm"), prompt_ids, sampling)
         text = ""
         async with aclosing(steps):  # closing it early aborts the request in the engine
             async for step in steps:

@@ -18,7 +18,11 @@ from runtime.errors import ApiError, ErrorKind
 T = TypeVar("T")
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+async def unless_disconnected(request: Request | None, work: Awaitable[T]) -> T:
+    """`work`'s result, or ApiError 499 once the request's client has left (no request: the
+    work has no client to lose, as a queued one)."""
+    if request is None:
+        return await work
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:

@@ -5,17 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from processors.base import Processor
 from runtime.admission import Admission
 from runtime.api.framing import json_response
-from runtime.state import Phase, ServingState
+from runtime.config import ServerConfig
+from runtime.phase import Phase, ServingStatus
 
 LIVENESS_PATHS = ("/health", "/v1/health/live", "/v2/health/live")
 READINESS_PATHS = ("/ready", "/v1/health/ready", "/v2/health/ready")
 
 
-def probe_paths(state: ServingState) -> tuple[list[str], list[str]]:
+def probe_paths(server: ServerConfig) -> tuple[list[str], list[str]]:
     """Liveness and readiness paths, with the ones the deployment renamed them to."""
-    server = state.config.server
     liveness, readiness = list(LIVENESS_PATHS), list(READINESS_PATHS)
     if server.liveness_path and server.liveness_path not in liveness:
         liveness.append(server.liveness_path)
@@ -24,20 +25,22 @@ def probe_paths(state: ServingState) -> tuple[list[str], list[str]]:
     return liveness, readiness
 
 
-def health_router(state: ServingState, admission: Admission) -> APIRouter:
+def health_router(
+    server: ServerConfig, status: ServingStatus, admission: Admission, processor: Processor
+) -> APIRouter:
     router = APIRouter()
 
     async def live() -> Response:
         """200 while the process and its engine live (loading included); 503 once dead."""
-        if state.phase is Phase.FAILED:
-            return json_response({"status": "dead", "phase": state.phase.value}, 503)
+        if status.phase is Phase.FAILED:
+            return json_response({"status": "dead", "phase": status.phase.value}, 503)
         try:
-            await state.processor.check_health()
+            await processor.check_health()
         except Exception as exc:
             return json_response({"status": "dead", "reason": str(exc)}, 503)
-        body: dict = {"status": "alive", "phase": state.phase.value}
-        if state.phase in (Phase.READY, Phase.DRAINING):
-            stats = state.processor.stats()
+        body: dict = {"status": "alive", "phase": status.phase.value}
+        if status.phase in (Phase.READY, Phase.DRAINING):
+            stats = processor.stats()
             body.update(
                 num_in_flight=admission.num_in_flight,
                 num_running=stats.num_running,
@@ -47,11 +50,11 @@ def health_router(state: ServingState, admission: Admission) -> APIRouter:
         return json_response(body)
 
     async def ready() -> Response:
-        if state.is_ready:
+        if status.is_ready:
             return json_response({"status": "ready"})
-        return json_response({"status": "not ready", "phase": state.phase.value}, 503)
+        return json_response({"status": "not ready", "phase": status.phase.value}, 503)
 
-    liveness, readiness = probe_paths(state)
+    liveness, readiness = probe_paths(server)
     for path in liveness:
         router.add_api_route(path, live, methods=["GET"], summary="liveness")
     for path in readiness:

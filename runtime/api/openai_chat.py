@@ -24,11 +24,11 @@ from runtime.api.schema import ChatCompletionRequest, OpenAISampling
 from runtime.errors import ApiError, ErrorKind, from_exception
 from runtime.generation import Choice, new_request_id, usage
 from runtime.prompting import text_of
-from runtime.state import ServingState
+from runtime.service import AdmittedLlm, LlmService
 
 
-def check_model(state: ServingState, body: OpenAISampling) -> str:
-    served = state.info.model_name
+def check_model(service: LlmService, body: OpenAISampling) -> str:
+    served = service.info.model_name
     if body.model is not None and body.model != served:
         raise ApiError(
             ErrorKind.NOT_FOUND,
@@ -38,12 +38,12 @@ def check_model(state: ServingState, body: OpenAISampling) -> str:
     return served
 
 
-def openai_chat_router(state: ServingState) -> APIRouter:
+def openai_chat_router() -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     @router.get("/models", summary="The served model")
-    async def list_models() -> Response:
-        info = state.info
+    async def list_models(service: AdmittedLlm) -> Response:
+        info = service.info
         model = {
             "id": info.model_name,
             "object": "model",
@@ -55,45 +55,55 @@ def openai_chat_router(state: ServingState) -> APIRouter:
         return json_response({"object": "list", "data": [model]})
 
     @router.post("/chat/completions", summary="OpenAI chat completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        state.require_ready()
-        model = check_model(state, body)
-        messages = [
-            {"role": m.role, "content": text_of(m.content, f"messages.{i}.content")}
-            for i, m in enumerate(body.messages)
-        ]
-        prompt_ids = state.prompts.encode_chat(messages)
-        requested = body.max_completion_tokens or body.max_tokens
-        field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        max_tokens = state.prompts.budget(len(prompt_ids), requested, field)
-        logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        sampling = body.sampling(max_tokens, logprobs)
-        request_id = new_request_id("chatcmpl")
-        head = {"id": request_id, "created": int(time.time()), "model": model}
-        if body.stream:
-            steps = state.generator.stream_choices(request_id, [prompt_ids], sampling, body.n)
-            events = _stream(head, body, len(prompt_ids), await primed(steps))
-            return sse_response(events)
-        work = state.generator.complete(request_id, [prompt_ids], sampling, body.n)
-        choices = await unless_disconnected(request, work)
-        return json_response(
-            {
-                **head,
-                "object": "chat.completion",
-                "choices": [
-                    {
-                        "index": index,
-                        "message": {"role": "assistant", "content": choice.text},
-                        "logprobs": _logprobs(choice.logprobs) if body.logprobs else None,
-                        "finish_reason": choice.finish_reason,
-                    }
-                    for index, choice in enumerate(choices)
-                ],
-                "usage": usage(choices, len(prompt_ids)),
-            }
-        )
+    async def chat_completions(
+        body: ChatCompletionRequest,
+        request: Request,
+        service: AdmittedLlm,
+    ) -> Response:
+        return await answer_chat(service, body, request)
 
     return router
+
+
+async def answer_chat(
+    service: LlmService, body: ChatCompletionRequest, request: Request | None = None
+) -> Response:
+    """The chat completion, streamed or whole (stopped when `request`'s client leaves)."""
+    model = check_model(service, body)
+    messages = [
+        {"role": m.role, "content": text_of(m.content, f"messages.{i}.content")}
+        for i, m in enumerate(body.messages)
+    ]
+    prompt_ids = service.prompts.encode_chat(messages)
+    requested = body.max_completion_tokens or body.max_tokens
+    field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    max_tokens = service.prompts.budget(len(prompt_ids), requested, field)
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    sampling = body.sampling(max_tokens, logprobs)
+    request_id = new_request_id("chatcmpl")
+    head = {"id": request_id, "created": int(time.time()), "model": model}
+    runner = service.runner
+    if body.stream:
+        steps = runner.stream_choices(request_id, [prompt_ids], sampling, body.n)
+        return sse_response(_stream(head, body, len(prompt_ids), await primed(steps)))
+    work = runner.complete(request_id, [prompt_ids], sampling, body.n)
+    choices = await unless_disconnected(request, work)
+    return json_response(
+        {
+            **head,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": index,
+                    "message": {"role": "assistant", "content": choice.text},
+                    "logprobs": _logprobs(choice.logprobs) if body.logprobs else None,
+                    "finish_reason": choice.finish_reason,
+                }
+                for index, choice in enumerate(choices)
+            ],
+            "usage": usage(choices, len(prompt_ids)),
+        }
+    )
 
 
 def _logprobs(tokens: Sequence[TokenLogprob]) -> dict:

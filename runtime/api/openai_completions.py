@@ -30,7 +30,7 @@ from runtime.api.schema import CompletionRequest
 from runtime.errors import bad_request, from_exception
 from runtime.generation import Choice, new_request_id, usage
 from runtime.prompting import PromptBuilder
-from runtime.state import ServingState
+from runtime.service import AdmittedLlm, LlmService
 
 
 def prompt_token_ids(prompts: PromptBuilder, prompt: CompletionRequest) -> list[list[int]]:
@@ -50,52 +50,61 @@ def prompt_token_ids(prompts: PromptBuilder, prompt: CompletionRequest) -> list[
     raise bad_request("prompt must be a string, a list of strings, or token ids", "prompt")
 
 
-def completions_router(state: ServingState) -> APIRouter:
+def completions_router() -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     @router.post("/completions", summary="OpenAI / BladeLLM completions")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        state.require_ready()
-        model = check_model(state, body)
-        prompts = prompt_token_ids(state.prompts, body)
-        longest = max(len(ids) for ids in prompts)
-        if any(not ids for ids in prompts):
-            raise bad_request("prompt must not be empty", "prompt")
-        max_tokens = state.prompts.budget(longest, body.max_tokens, "max_tokens")
-        sampling = body.sampling(max_tokens, body.logprobs)
-        request_id = new_request_id("cmpl")
-        head = {
-            "id": request_id,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": model,
-        }
-        echoes = [state.prompts.decode(ids) if body.echo else "" for ids in prompts]
-        num_prompt = sum(len(ids) for ids in prompts)
-        if body.stream:
-            steps = state.generator.stream_choices(request_id, prompts, sampling, body.n)
-            return sse_response(_stream(head, body, echoes, num_prompt, await primed(steps)))
-        work = state.generator.complete(request_id, prompts, sampling, body.n)
-        choices = await unless_disconnected(request, work)
-        return json_response(
-            {
-                **head,
-                "choices": [
-                    {
-                        "index": index,
-                        "text": echoes[index // body.n] + choice.text,
-                        "logprobs": _logprobs(choice.logprobs)
-                        if body.logprobs is not None
-                        else None,
-                        "finish_reason": choice.finish_reason,
-                    }
-                    for index, choice in enumerate(choices)
-                ],
-                "usage": usage(choices, num_prompt),
-            }
-        )
+    async def completions(
+        body: CompletionRequest,
+        request: Request,
+        service: AdmittedLlm,
+    ) -> Response:
+        return await answer_completion(service, body, request)
 
     return router
+
+
+async def answer_completion(
+    service: LlmService, body: CompletionRequest, request: Request | None = None
+) -> Response:
+    """The completion, streamed or whole (stopped when `request`'s client leaves)."""
+    model = check_model(service, body)
+    prompts = prompt_token_ids(service.prompts, body)
+    longest = max(len(ids) for ids in prompts)
+    if any(not ids for ids in prompts):
+        raise bad_request("prompt must not be empty", "prompt")
+    max_tokens = service.prompts.budget(longest, body.max_tokens, "max_tokens")
+    sampling = body.sampling(max_tokens, body.logprobs)
+    request_id = new_request_id("cmpl")
+    head = {
+        "id": request_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+    }
+    echoes = [service.prompts.decode(ids) if body.echo else "" for ids in prompts]
+    num_prompt = sum(len(ids) for ids in prompts)
+    runner = service.runner
+    if body.stream:
+        steps = runner.stream_choices(request_id, prompts, sampling, body.n)
+        return sse_response(_stream(head, body, echoes, num_prompt, await primed(steps)))
+    work = runner.complete(request_id, prompts, sampling, body.n)
+    choices = await unless_disconnected(request, work)
+    return json_response(
+        {
+            **head,
+            "choices": [
+                {
+                    "index": index,
+                    "text": echoes[index // body.n] + choice.text,
+                    "logprobs": _logprobs(choice.logprobs) if body.logprobs is not None else None,
+                    "finish_reason": choice.finish_reason,
+                }
+                for index, choice in enumerate(choices)
+            ],
+            "usage": usage(choices, num_prompt),
+        }
+    )
 
 
 def _logprobs(tokens: Sequence[TokenLogprob]) -> dict:

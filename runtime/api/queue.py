@@ -16,12 +16,11 @@ import re
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from runtime.admission import WARM_UP_HEADER, Admission
 from runtime.api.framing import json_response
+from runtime.config import ServerConfig
 from runtime.errors import ApiError, ErrorKind, bad_request
 from runtime.queue.base import ItemState, ItemStatus
 from runtime.queue.workers import QueueWorkers
-from runtime.state import ServingState
 
 REQUEST_ID_HEADER = "X-Eas-Queueservice-Request-Id"
 PROTOBUF = "application/vnd.google.protobuf"  # what the platform's own SDK asks the sink for
@@ -29,17 +28,12 @@ MAX_SINK_WAIT_S = 30.0  # a long poll ends by then; clients poll again
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(ms|s|m)?\s*$")
 
 
-def queue_router(state: ServingState, workers: QueueWorkers, admission: Admission) -> APIRouter:
+def enqueue_router(server: ServerConfig, workers: QueueWorkers) -> APIRouter:
     router = APIRouter()
 
     async def enqueue(request: Request) -> Response:
         body = await request.body()
         content_type = request.headers.get("content-type", "")
-        if request.headers.get(WARM_UP_HEADER) == admission.warm_up_key:
-            # Warm-up replays must run now, not wait in the queue for readiness.
-            answer = await workers.answer(body, content_type)
-            kind = answer.headers.get("content-type")
-            return Response(answer.content, answer.status_code, media_type=kind)
         params = request.query_params
         # The platform's SDK sends its tags as query parameters; `_name_` ones are options.
         tags = {key: value for key, value in params.items() if not key.startswith("_")}
@@ -48,6 +42,16 @@ def queue_router(state: ServingState, workers: QueueWorkers, admission: Admissio
         return Response(
             str(item.index), 200, {REQUEST_ID_HEADER: item.request_id}, media_type="text/plain"
         )
+
+    for path in server.platform_paths:
+        router.add_api_route(
+            path, enqueue, methods=["POST"], summary="asynchronous: enqueue the body"
+        )
+    return router
+
+
+def sink_router(server: ServerConfig, workers: QueueWorkers) -> APIRouter:
+    router = APIRouter()
 
     async def sink(request: Request) -> Response:
         params = request.query_params
@@ -79,13 +83,11 @@ def queue_router(state: ServingState, workers: QueueWorkers, admission: Admissio
         }
         return json_response([frame], 200, headers)
 
-    service_path = state.config.server.platform_paths[1]
-    for path in state.config.server.platform_paths:
-        router.add_api_route(
-            path, enqueue, methods=["POST"], summary="asynchronous: enqueue the body"
-        )
     router.add_api_route(
-        f"{service_path}/sink", sink, methods=["GET"], summary="asynchronous: a queued result"
+        f"{server.platform_paths[1]}/sink",
+        sink,
+        methods=["GET"],
+        summary="asynchronous: a queued result",
     )
     return router
 

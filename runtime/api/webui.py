@@ -14,9 +14,6 @@ from fastapi import APIRouter, Request
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from processors.base import RawProcessor
-from runtime.state import ServingState
-
 log = logging.getLogger(__name__)
 
 WEBUI_PATH = "/webui"
@@ -30,15 +27,6 @@ PAGE_HEADERS = {
         "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'"
     ),
 }
-
-
-def serves_webui(state: ServingState) -> bool:
-    if not state.config.server.webui:
-        return False
-    if isinstance(state.processor, RawProcessor):  # no /v1/chat/completions to talk to
-        log.warning("--webui ignored: a custom processor serves raw bodies, not chat")
-        return False
-    return True
 
 
 def webui_router() -> APIRouter:

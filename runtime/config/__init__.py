@@ -5,29 +5,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runtime.config.service_json import read_service_json
-from runtime.config.settings import (
-    SETTINGS,
+from runtime.config.build import build_config
+from runtime.config.catalog import ENV_PREFIX, SETTINGS, Setting
+from runtime.config.sections import (
+    CallLogConfig,
     ConfigError,
     LifecycleConfig,
     PrepareConfig,
     QueueConfig,
     RuntimeConfig,
     ServerConfig,
-    build_config,
 )
-
-ENV_PREFIX = "LLM_RUNTIME_"
+from runtime.config.service_json import read_service_json
 
 __all__ = [
     "ENV_PREFIX",
     "SETTINGS",
+    "CallLogConfig",
     "ConfigError",
     "LifecycleConfig",
     "PrepareConfig",
     "QueueConfig",
     "RuntimeConfig",
     "ServerConfig",
+    "Setting",
+    "build_config",
     "load_config",
 ]
 
@@ -35,9 +37,9 @@ __all__ = [
 def env_values(environ: Mapping[str, str]) -> dict[str, str]:
     """Settings given as LLM_RUNTIME_<NAME> variables."""
     return {
-        name: environ[ENV_PREFIX + name.upper()]
-        for name in SETTINGS
-        if ENV_PREFIX + name.upper() in environ
+        setting.name: environ[setting.env]
+        for setting in SETTINGS.values()
+        if setting.env in environ
     }
 
 
@@ -59,4 +61,4 @@ def load_config(
             environ.setdefault(name, value)
     layers.append(("environment", env_values(environ)))
     layers.append(("command line", cli_values))
-    return build_config(layers, ignored_keys=ignored)
+    return build_config(layers, ignored_keys=tuple(ignored))

@@ -105,7 +105,8 @@ def test_queued_requests_come_out_of_the_sink_with_real_answers(async_server):
         assert answer["history"] == [[prompt, answer["response"]]]
     assert answers[ids[0]][1]["response"] == direct
     code, error = answers[bad]
-    assert code == "400" and "top_p" in error["error"]["message"]
+    assert code == "400"
+    assert "top_p" in error["error"]["message"]
     assert sink(async_server, "not-a-request-id").status_code == 404
 
 
@@ -117,7 +118,8 @@ def test_accepted_work_survives_a_kill_9_and_restart(async_server, queue_path, m
     assert async_server.process.wait(timeout=30) == -signal.SIGKILL
     with contextlib.closing(sqlite3.connect(queue_path)) as db:  # what the dead process left
         left = dict(db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
-    assert left.get("pending", 0) >= 1 and left.get("running", 0) >= 1
+    assert left.get("pending", 0) >= 1
+    assert left.get("running", 0) >= 1
 
     args = ["--async", "--queue-path", str(queue_path), "--service-name", SERVICE]
     second = start_server(

@@ -49,16 +49,21 @@ def test_every_api_is_recorded_once_complete(server: Server, openai_client):
         ws.close()
 
     openai_record, chat_record, ws_record = records_containing(server, marker, 3)
-    assert openai_record["route"] == "/v1/chat/completions" and openai_record["method"] == "POST"
-    assert openai_record["response"] == streamed and openai_record["output_tokens"] == 5
+    assert openai_record["route"] == "/v1/chat/completions"
+    assert openai_record["method"] == "POST"
+    assert openai_record["response"] == streamed
+    assert openai_record["output_tokens"] == 5
     assert chat_record["response"] == chat["response"]
     assert chat_record["prompt_tokens"] == chat["usage"]["prompt_tokens"]
     assert chat_record["request"]["prompt"] == f"ChatLLM {marker} <redacted>"
-    assert ws_record["method"] == "WEBSOCKET" and ws_record["response"] == answer
+    assert ws_record["method"] == "WEBSOCKET"
+    assert ws_record["response"] == answer
     for record in (openai_record, chat_record, ws_record):
-        assert record["status"] == 200 and record["finish_reason"] == "length"
+        assert record["status"] == 200
+        assert record["finish_reason"] == "length"
         assert 0 < record["ttft_s"] <= record["latency_s"]
-        assert record["client"].startswith("127.0.0.1:") and record["request_id"]
+        assert record["client"].startswith("127.0.0.1:")
+        assert record["request_id"]
 
     jq = shutil.which("jq")
     if jq:  # the file as a jq user reads it

@@ -23,7 +23,8 @@ def run(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedPro
 def test_check_describes_a_good_model(demo_model_dir):
     result = run("check", "--model", str(demo_model_dir))
     assert result.returncode == 0, result.stderr
-    assert "LlamaForCausalLM" in result.stdout and "max context:    2048" in result.stdout
+    assert "LlamaForCausalLM" in result.stdout
+    assert "max context:    2048" in result.stdout
 
 
 def test_check_names_what_is_missing(demo_model_dir, tmp_path):
@@ -37,7 +38,8 @@ def test_check_names_what_is_missing(demo_model_dir, tmp_path):
 
 def test_check_rejects_a_context_smaller_than_asked(demo_model_dir):
     result = run("check", "--model", str(demo_model_dir), "--max-model-len", "8192")
-    assert result.returncode == 1 and "only 2048" in result.stderr
+    assert result.returncode == 1
+    assert "only 2048" in result.stderr
 
 
 def test_check_rejects_an_architecture_vllm_cannot_run(demo_model_dir, tmp_path):
@@ -47,7 +49,8 @@ def test_check_rejects_an_architecture_vllm_cannot_run(demo_model_dir, tmp_path)
     config["architectures"] = ["NoSuchModelForCausalLM"]
     (odd / "config.json").write_text(json.dumps(config))
     result = run("check", "--model", str(odd))
-    assert result.returncode == 1 and "cannot run architecture NoSuchModel" in result.stderr
+    assert result.returncode == 1
+    assert "cannot run architecture NoSuchModel" in result.stderr
 
 
 def test_demo_model_command_writes_a_model_that_checks(tmp_path):
@@ -81,9 +84,11 @@ def test_serve_reports_failed_requirements(tmp_path):
 
 def test_serve_rejects_bad_settings_with_their_source():
     result = run("serve", "--port", "99999")
-    assert result.returncode == 2 and "port must be between 1 and 65535" in result.stderr
+    assert result.returncode == 2
+    assert "port must be between 1 and 65535" in result.stderr
     result = run("serve", LLM_RUNTIME_MAX_NUM_SEQS="many")
-    assert result.returncode == 2 and "max_num_seqs (from environment)" in result.stderr
+    assert result.returncode == 2
+    assert "max_num_seqs (from environment)" in result.stderr
 
 
 def test_serve_rejects_unknown_engine_args(demo_model_dir):

@@ -65,7 +65,8 @@ def test_service_json_deploys_the_llm_example_unmodified(demo_model_dir, demo_to
         bad = requests.post(
             f"{server.url}/", data=b"not json", headers=server.headers(), timeout=30
         )
-        assert bad.status_code == 400 and b"expected JSON" in bad.content
+        assert bad.status_code == 400
+        assert b"expected JSON" in bad.content
         health = requests.get(f"{server.url}/health", timeout=10).json()
         assert health["status"] == "alive"
     finally:

@@ -19,7 +19,8 @@ def test_chat_completion(openai_client):
         model=DEMO, messages=[{"role": "user", "content": "Hello!"}], **GREEDY
     )
     choice = reply.choices[0]
-    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.message.role == "assistant"
+    assert choice.message.content
     assert choice.finish_reason == "length"  # the demo model never emits EOS
     assert reply.usage.completion_tokens == 12
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + 12
@@ -111,7 +112,8 @@ def test_n_choices_and_logprobs(openai_client):
     )
     assert [c.index for c in reply.choices] == [0, 1]
     logprobs = reply.choices[0].logprobs
-    assert len(logprobs.tokens) == 4 and all(lp <= 0 for lp in logprobs.token_logprobs)
+    assert len(logprobs.tokens) == 4
+    assert all(lp <= 0 for lp in logprobs.token_logprobs)
     assert "".join(logprobs.tokens) == reply.choices[0].text
     chat = openai_client.chat.completions.create(
         model=DEMO,
@@ -122,7 +124,8 @@ def test_n_choices_and_logprobs(openai_client):
         top_logprobs=2,
     )
     content = chat.choices[0].logprobs.content
-    assert len(content) == 3 and all(len(t.top_logprobs) >= 2 for t in content)
+    assert len(content) == 3
+    assert all(len(t.top_logprobs) >= 2 for t in content)
 
 
 def test_unknown_model_is_404(openai_client):
@@ -134,7 +137,8 @@ def test_prompt_longer_than_the_context_is_400_with_both_numbers(openai_client):
     with pytest.raises(openai.BadRequestError) as caught:
         openai_client.completions.create(model=DEMO, prompt="word " * 3000, max_tokens=1)
     message = str(caught.value)
-    assert "2048 tokens" in message and "the prompt is" in message
+    assert "2048 tokens" in message
+    assert "the prompt is" in message
 
 
 def test_wrong_token_is_401_for_the_sdk(server):

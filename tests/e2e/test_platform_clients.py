@@ -57,7 +57,8 @@ def test_bladellm_stream_string_flag_with_usage_on_every_chunk(server):
     assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
     assert all(c["choices"][0]["finish_reason"] == "" for c in chunks[:-1])
     counts = [c["usage"]["completion_tokens"] for c in chunks]
-    assert counts == sorted(counts) and counts[-1] == 6
+    assert counts == sorted(counts)
+    assert counts[-1] == 6
     assert all(c["error_info"] is None and c["object"] == "text_completion" for c in chunks)
 
 
@@ -96,7 +97,8 @@ def test_missing_and_wrong_tokens_are_401_raw_and_bearer_accepted(server):
     body = {"prompt": "x", "max_new_tokens": 1}
     assert requests.post(url, json=body, timeout=30).status_code == 401
     wrong = requests.post(url, json=body, headers={"Authorization": "nope"}, timeout=30)
-    assert wrong.status_code == 401 and "error" in wrong.json()
+    assert wrong.status_code == 401
+    assert "error" in wrong.json()
     for header in (server.token, f"Bearer {server.token}"):
         ok = requests.post(url, json=body, headers={"Authorization": header}, timeout=30)
         assert ok.status_code == 200
@@ -109,7 +111,8 @@ def test_bad_sampling_values_are_400_naming_the_field(server):
         ({"prompt": "x", "max_new_tokens": 0}, "max_new_tokens"),
     ):
         response = post(server, "/", json=body)
-        assert response.status_code == 400 and field in response.json()["error"]["message"]
+        assert response.status_code == 400
+        assert field in response.json()["error"]["message"]
 
 
 def test_health_and_ready_are_open(server):
@@ -119,7 +122,8 @@ def test_health_and_ready_are_open(server):
 
 def test_service_json_was_honoured(server):
     log = server.log()
-    assert "service JSON keys ignored" in log and "containers.0.image" in log
+    assert "service JSON keys ignored" in log
+    assert "containers.0.image" in log
     assert "enable_webservice" not in log  # honoured: the web page is served
     assert server.token not in log  # the token never reaches the logs
     # Start-up is not silent: each phase is logged with the seconds since start.

@@ -95,5 +95,6 @@ def test_when_the_grace_period_ends_streams_get_a_final_error(launch):
         results = [future.result(timeout=DEADLINE_S) for future in futures]
     assert server.process.wait(timeout=60) == 0
     for result in results:
-        assert result["tokens"] < 2000 and result["done"]
+        assert result["tokens"] < 2000
+        assert result["done"]
         assert "drain period of 1 s ended" in result["error"]["message"]

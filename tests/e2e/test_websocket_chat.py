@@ -49,7 +49,8 @@ def test_multi_round_chats_from_several_processes_at_once(server: Server):
         assert system_prompt_answer == [EOS]
         assert len(rounds) == ROUNDS
         for messages in rounds:
-            assert messages and all(messages), "every message carries text"
+            assert messages, "every round has an answer"
+            assert all(messages), "every message carries text"
             assert not any(message.startswith('{"error"') for message in messages)
         assert len(rounds[1]) == 1  # use_stream_chat false: the whole answer at once
         assert pong == ["pong", "still there?"]
@@ -69,14 +70,16 @@ def test_the_connection_keeps_the_conversation_as_http_history_would(server: Ser
         headers=server.headers(),
         timeout=120,
     ).json()
-    assert second and over_http["response"] == second
+    assert second
+    assert over_http["response"] == second
 
 
 def test_errors_end_with_eos_and_the_connection_lives_on(server: Server):
     ws = server.websocket()
     try:
         (error,) = ask(ws, {"prompt": "x", "top_p": 5})
-        assert json.loads(error)["error"]["code"] == 400 and "top_p" in error
+        assert json.loads(error)["error"]["code"] == 400
+        assert "top_p" in error
         (error,) = ask(ws, {"prompt": "x", "max_new_tokens": 10**6})
         assert "context window" in json.loads(error)["error"]["message"]
         assert ask(ws, {"prompt": "fine", "max_new_tokens": 2, "use_stream_chat": False})

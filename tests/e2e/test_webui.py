@@ -89,9 +89,9 @@ def test_chat_streams_keeps_history_and_sends_the_controls(page, server: Server,
         expect(answers.nth(turn).locator(".note")).to_contain_text("tokens in", timeout=TIMEOUT_MS)
 
     lengths = [n for answer, n in page.evaluate("window.answerLengths") if answer == 0 and n]
-    assert lengths == sorted(lengths) and len(set(lengths)) >= 3, (
-        f"the answer did not stream: its text lengths were {lengths}"
-    )
+    streamed = f"the answer did not stream: its text lengths were {lengths}"
+    assert lengths == sorted(lengths), streamed
+    assert len(set(lengths)) >= 3, streamed
     screenshot = artefact_dir(tmp_path) / "webui-chat.png"
     page.screenshot(path=str(screenshot), full_page=True)
     print(f"\nweb page: the answer grew through {len(set(lengths))} lengths; {screenshot}")
@@ -99,7 +99,8 @@ def test_chat_streams_keeps_history_and_sends_the_controls(page, server: Server,
     assert len(sent) == 2
     assert sent[1].headers["authorization"] == f"Bearer {server.token}"
     body = json.loads(sent[1].post_data)
-    assert body["stream"] is True and body["model"] == "llm-runtime-demo"
+    assert body["stream"] is True
+    assert body["model"] == "llm-runtime-demo"
     assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.5, 0.9, 300)
     first_text = answers.nth(0).evaluate("e => e.firstChild.data")
     assert body["messages"] == [

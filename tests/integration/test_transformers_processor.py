@@ -79,7 +79,8 @@ def test_greedy_alone_is_token_for_token_generate(engine, reference_model):
         ids = encode(engine, prompt)
         steps = runner.run(collect(processor, f"alone-{n}", ids, max_tokens=40, temperature=0))
         assert tokens_of(steps) == reference_tokens(reference_model, ids, 40), prompt
-        assert steps[-1].finish_reason == "length" and steps[-1].num_output_tokens == 40
+        assert steps[-1].finish_reason == "length"
+        assert steps[-1].num_output_tokens == 40
 
 
 def test_greedy_batched_with_mixed_prompt_lengths_is_generate(engine, reference_model):
@@ -153,7 +154,8 @@ def test_abort_ends_the_stream_with_abort(engine):
         return steps
 
     steps = runner.run(abort_midway())
-    assert steps[-1].finish_reason == "abort" and steps[-1].num_output_tokens < 1500
+    assert steps[-1].finish_reason == "abort"
+    assert steps[-1].num_output_tokens < 1500
 
 
 def test_stop_strings_are_trimmed(engine):
@@ -200,7 +202,8 @@ def test_logprobs_name_the_chosen_token_and_its_alternatives(engine):
     )
     for step in steps:
         (chosen,) = step.logprobs
-        assert len(chosen.top) == 2 and chosen.logprob <= 0
+        assert len(chosen.top) == 2
+        assert chosen.logprob <= 0
         assert chosen.token == chosen.top[0][0]  # greedy picks the most likely token
 
 
@@ -221,6 +224,7 @@ def test_on_a_gpu_auto_dtype_is_half_precision(demo_model_dir):
             assert processor.info.dtype == "bfloat16"
             ids = processor.info.tokenizer.encode("Hello")
             steps = runner.run(collect(processor, "gpu", ids, max_tokens=32, temperature=0))
-            assert steps[-1].num_output_tokens == 32 and steps[-1].finish_reason == "length"
+            assert steps[-1].num_output_tokens == 32
+            assert steps[-1].finish_reason == "length"
         finally:
             runner.run(processor.shutdown())

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from runtime.app import build_app
+from runtime.app import LlmApp, ServingParts
 from runtime.config import load_config
-from runtime.state import ServingState
+from runtime.phase import Phase
 from tests.unit.fake_processor import FakeProcessor
 
 TOKEN = "unit-test-token"
@@ -20,11 +20,46 @@ def fake(demo_tokenizer) -> FakeProcessor:
     return FakeProcessor(demo_tokenizer)
 
 
-def make_client(processor, **settings) -> TestClient:
+def loaded(served, phase: Phase = Phase.READY):
+    """`served` loaded, in `phase`, as the lifecycle leaves an app; and its service."""
+    if served.parts.call_log is not None:
+        served.parts.call_log.open()
+    service = asyncio.run(served.load())
+    served.parts.admission.open(service, served.processor.info.max_concurrency)
+    served.parts.status.phase = phase
+    return served, service
+
+
+def served_app(processor, ready: bool = True, **settings) -> LlmApp:
+    """The LLM app over `processor`; loaded and ready unless `ready` is false (then it is as
+    the lifecycle starts it: nothing loaded yet)."""
     config = load_config(settings, environ={})
-    state = ServingState(config, processor)
-    asyncio.run(state.start())
-    return TestClient(build_app(state), raise_server_exceptions=False)
+    served = LlmApp(ServingParts.for_config(config), processor, config.engine)
+    return loaded(served)[0] if ready else served
+
+
+def drain_controller(served, grace_period: float = 30.0):
+    """The lifecycle's drain policy over `served`; the exit codes it stopped the server with."""
+    from runtime.drain import DrainController
+
+    stops: list[int] = []
+    parts = served.parts
+    drain = DrainController(
+        parts.status, parts.admission, served.abort_all, stops.append, grace_period
+    )
+    return drain, stops
+
+
+class ServedClient(TestClient):
+    """A test client of a served app; `served` gives the parts tests look into."""
+
+    def __init__(self, served) -> None:
+        super().__init__(served.asgi, raise_server_exceptions=False)
+        self.served = served
+
+
+def make_client(processor, **settings) -> ServedClient:
+    return ServedClient(served_app(processor, **settings))
 
 
 @pytest.fixture

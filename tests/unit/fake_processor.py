@@ -8,13 +8,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from processors.base import GenerationRequest, ProcessorInfo, ProcessorStats, Step
+from processors.base import GenerationRequest, LlmInfo, ProcessorStats, Step
 
 
 class FakeProcessor:
     def __init__(self, tokenizer, max_model_len: int = 64, step_delay: float = 0.0) -> None:
-        self.info = ProcessorInfo(
-            "fake", "fake-model", "/nowhere", max_model_len, "float32", 4, tokenizer
+        self.info = LlmInfo(
+            name="fake",
+            model_name="fake-model",
+            model_path="/nowhere",
+            max_concurrency=4,
+            max_model_len=max_model_len,
+            dtype="float32",
+            tokenizer=tokenizer,
         )
         self.step_delay = step_delay
         self.requests: list[GenerationRequest] = []

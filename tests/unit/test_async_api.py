@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from processors.custom_processor import CustomProcessor
 from processors.settings import CustomSettings, EngineSettings
-from runtime.admission import WARM_UP_HEADER
-from runtime.app import build_app
+from runtime.app import LlmApp, RawApp, ServingParts
 from runtime.config import load_config
 from runtime.errors import ApiError, ErrorKind
-from runtime.state import Phase, ServingState
-from tests.unit.conftest import TOKEN
+from runtime.phase import Phase
+from runtime.queue import open_queue
+from tests.unit.conftest import TOKEN, ServedClient, drain_controller, loaded
 from tests.unit.fake_processor import FakeProcessor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,13 +26,34 @@ SINK = "/api/predict/demo/sink"
 ID_HEADER = "X-Eas-Queueservice-Request-Id"
 
 
-def async_client(processor, tmp_path, **settings) -> TestClient:
-    """An --async app; its workers run inside `with client:` (the app's lifespan)."""
+def async_client(processor, tmp_path, **settings) -> ServedClient:
+    """An --async app, ready, its queue open; no workers take items (see `working`)."""
     settings = {"service_name": "demo", "queue_path": str(tmp_path / "q.sqlite3"), **settings}
     config = load_config({"async": True, **settings}, environ={})
-    state = ServingState(config, processor)
-    asyncio.run(state.start())
-    return TestClient(build_app(state), raise_server_exceptions=False)
+    parts = ServingParts.for_config(config)
+    if isinstance(processor, CustomProcessor):
+        served = RawApp(parts, processor)
+    else:
+        served = LlmApp(parts, processor, config.engine)
+    served, service = loaded(served)
+    parts.queue.attach(open_queue(config))
+    client = ServedClient(served)
+    client.answer = served.answers(service)["/api/predict/demo"]
+    return client
+
+
+@contextlib.contextmanager
+def working(client: ServedClient):
+    """The queue's workers run on the client's loop while the block runs, as the lifecycle
+    runs them once the service is ready; stopped after, as when the server has stopped."""
+    parts = client.served.parts
+    concurrency = client.served.processor.info.max_concurrency
+    with client:
+        client.portal.call(parts.queue.start, client.answer, parts.admission, concurrency)
+        try:
+            yield client
+        finally:
+            client.portal.call(parts.queue.stop)
 
 
 def enqueue(client, body, path="/api/predict/demo", **kwargs) -> str:
@@ -54,7 +75,7 @@ def wait_result(client, request_id, **kwargs) -> dict:
 
 
 def test_queued_chatllm_requests_get_the_synchronous_answer(fake, tmp_path):
-    with async_client(fake, tmp_path) as client:
+    with working(async_client(fake, tmp_path)) as client:
         ids = [
             enqueue(
                 client,
@@ -76,7 +97,7 @@ def test_queued_chatllm_requests_get_the_synchronous_answer(fake, tmp_path):
 
 
 def test_a_bad_body_is_a_result_with_its_status_not_a_lost_item(fake, tmp_path):
-    with async_client(fake, tmp_path) as client:
+    with working(async_client(fake, tmp_path)) as client:
         request_id = enqueue(
             client, b'{"prompt": "x", "temperature": -1}', headers={"content-type": "json"}
         )
@@ -84,7 +105,8 @@ def test_a_bad_body_is_a_result_with_its_status_not_a_lost_item(fake, tmp_path):
         frame, broken_frame = wait_result(client, request_id), wait_result(client, broken)
     assert frame["tags"]["lastCode"] == "400"
     error = json.loads(base64.b64decode(frame["data"]))["error"]
-    assert error["code"] == 400 and "temperature" in error["message"]
+    assert error["code"] == 400
+    assert "temperature" in error["message"]
     assert broken_frame["tags"]["lastCode"] == "400"
 
 
@@ -94,11 +116,14 @@ def test_sink_answers_204_while_pending_and_404_for_unknown_ids(fake, tmp_path):
     pending = client.get(SINK, params={"requestId": request_id})
     assert (pending.status_code, pending.content) == (204, b"")
     unknown = client.get(SINK, params={"requestId": "no-such-request"})
-    assert unknown.status_code == 404 and "no request no-such-request" in unknown.text
+    assert unknown.status_code == 404
+    assert "no request no-such-request" in unknown.text
     missing = client.get(SINK)
-    assert missing.status_code == 400 and "requestId" in missing.json()["error"]["message"]
+    assert missing.status_code == 400
+    assert "requestId" in missing.json()["error"]["message"]
     bad_wait = client.get(SINK, params={"requestId": request_id, "_timeout_": "soon"})
-    assert bad_wait.status_code == 400 and "_timeout_" in bad_wait.text
+    assert bad_wait.status_code == 400
+    assert "_timeout_" in bad_wait.text
 
 
 def test_a_full_queue_answers_450(fake, tmp_path):
@@ -110,11 +135,11 @@ def test_a_full_queue_answers_450(fake, tmp_path):
     assert refused.json()["error"]["type"] == "queue_full_error"
     assert "maximum of 2 waiting requests" in refused.json()["error"]["message"]
     assert refused.headers["retry-after"] == "5"
-    assert client.app.state.admission.limit is None  # the bound is the queue's, not a 429
+    assert client.served.parts.admission.limit is None  # the bound is the queue's, not a 429
 
 
 def test_sink_options_tags_priority_raw_and_auto_delete(fake, tmp_path):
-    with async_client(fake, tmp_path) as client:
+    with working(async_client(fake, tmp_path)) as client:
         request_id = enqueue(
             client, b"tagged", params={"user": "alice", "_priority_": "1"}
         )  # the platform's SDK sends tags as query parameters
@@ -130,7 +155,7 @@ def test_sink_options_tags_priority_raw_and_auto_delete(fake, tmp_path):
 def test_sink_speaks_the_platform_sdks_protobuf_when_asked(fake, tmp_path):
     messages = pytest.importorskip("google.protobuf.message_factory")
     frames_class = _dataframe_list_class(messages)
-    with async_client(fake, tmp_path) as client:
+    with working(async_client(fake, tmp_path)) as client:
         request_id = enqueue(client, b"proto", params={"k": "v"})
         frame = wait_result(client, request_id)
         response = client.get(
@@ -149,9 +174,10 @@ def test_a_drain_finishes_running_items_claims_no_more_and_leaves_cut_ones_pendi
     demo_tokenizer, tmp_path
 ):
     fake = FakeProcessor(demo_tokenizer, step_delay=0.1)
-    with async_client(fake, tmp_path) as client:
-        app, state = client.app, client.app.state.serving
-        queue = app.state.queue.queue
+    with working(async_client(fake, tmp_path, grace_period=1.0)) as client:
+        parts = client.served.parts
+        queue = parts.queue.store
+        drain, stops = drain_controller(client.served, grace_period=1.0)
         short = enqueue(client, b'{"prompt": "x", "max_new_tokens": 3}')
         long = enqueue(client, b'{"prompt": "x", "max_new_tokens": 40}')  # 4 s unless aborted
         for _ in range(200):  # until both are in the engine (bounded)
@@ -159,27 +185,20 @@ def test_a_drain_finishes_running_items_claims_no_more_and_leaves_cut_ones_pendi
                 break
             client.get(SINK, params={"requestId": short, "_timeout_": "20ms"})
         assert len(fake.running) == 2
-        state.phase = Phase.DRAINING
+        draining = client.portal.start_task_soon(drain.drain, "SIGTERM")
         refused = client.post("/api/predict/demo", content=b"late")
         assert refused.status_code == 503  # a draining server accepts no new work
         waiting = client.portal.call(queue.enqueue, b"already queued")
         assert wait_result(client, short)["tags"]["lastCode"] == "200"  # allowed to finish
-        # What the lifecycle does when the grace period ends:
-        client.portal.call(_abort_all, state, ApiError(ErrorKind.UNAVAILABLE, "drain over"))
-        for _ in range(200):
-            if app.state.admission.num_in_flight == 0:
-                break
-            client.get(SINK, params={"requestId": short, "_timeout_": "20ms"})
+        draining.result(timeout=10)  # the grace period ended: the long one was cut short
+        assert stops == [0]
+        assert parts.admission.num_in_flight == 0
         cut = client.portal.call(queue.result, long)
         not_taken = client.portal.call(queue.result, waiting.request_id)
         pending = client.get(SINK, params={"requestId": long})
     assert cut.state.value == "pending"  # back in line for the next start, not a 503 result
     assert not_taken.state.value == "pending"
     assert pending.status_code == 204
-
-
-async def _abort_all(state, reason) -> int:
-    return state.generator.abort_all(reason)
 
 
 def test_auth_and_readiness_apply_to_the_queue_routes(fake, tmp_path):
@@ -189,28 +208,27 @@ def test_auth_and_readiness_apply_to_the_queue_routes(fake, tmp_path):
     request_id = enqueue(client, b"x", headers={"Authorization": f"Bearer {TOKEN}"})
     sink = client.get(SINK, params={"requestId": request_id}, headers={"Authorization": TOKEN})
     assert sink.status_code == 204
-    client.app.state.serving.phase = Phase.LOADING
+    client.served.parts.status.phase = Phase.LOADING
     loading = client.post("/", content=b"x", headers={"Authorization": TOKEN})
     assert loading.status_code == 503
 
 
 def test_warm_up_requests_are_answered_at_once_not_queued(fake, tmp_path):
+    from runtime.warmup import run_warm_up
+
     client = async_client(fake, tmp_path)
-    key = client.app.state.admission.warm_up_key
-    response = client.post(
-        "/api/predict/demo",
-        json={"prompt": "warm", "max_new_tokens": 2},
-        headers={WARM_UP_HEADER: key},
-    )
-    assert response.status_code == 200 and response.json()["response"] == "w0 w1 "
-    assert ID_HEADER not in response.headers
+    answers = client.served.answers(client.served.parts.admission.service)
+    warm_up = [("/api/predict/demo", {"prompt": "warm", "max_new_tokens": 2})]
+    asyncio.run(run_warm_up(answers, warm_up))
+    assert [request.sampling.max_tokens for request in fake.requests] == [2]
+    assert asyncio.run(client.served.parts.queue.store.counts()).pending == 0
 
 
 def test_custom_processors_answer_queued_bodies_with_their_status(tmp_path):
     processor = CustomProcessor(
         EngineSettings(model_path=""), CustomSettings(entry=str(KINDS), mainclass="Statuses")
     )
-    with async_client(processor, tmp_path) as client:
+    with working(async_client(processor, tmp_path)) as client:
         created, unknown = enqueue(client, b"created"), enqueue(client, b"nonsense")
         failed = enqueue(client, b"raise")
         frames = [wait_result(client, i) for i in (created, unknown, failed)]
@@ -220,7 +238,7 @@ def test_custom_processors_answer_queued_bodies_with_their_status(tmp_path):
 
 def test_metrics_show_the_queue_length(demo_tokenizer, tmp_path):
     fake = FakeProcessor(demo_tokenizer, step_delay=0.2)
-    with async_client(fake, tmp_path) as client:
+    with working(async_client(fake, tmp_path)) as client:
         for _ in range(5):  # four run at once, the fifth waits
             enqueue(client, b'{"prompt": "x", "max_new_tokens": 20}')
         running = 'llm_runtime_queue_items{state="running"} 4.0'
@@ -228,8 +246,7 @@ def test_metrics_show_the_queue_length(demo_tokenizer, tmp_path):
             text = client.get("/metrics").text
             if running in text:
                 break
-        state = client.app.state.serving
-        client.portal.call(_abort_all, state, ApiError(ErrorKind.UNAVAILABLE, "end"))
+        client.portal.call(client.served.abort_all, ApiError(ErrorKind.UNAVAILABLE, "end"))
     assert running in text
     assert 'llm_runtime_queue_items{state="pending"} 1.0' in text
 

@@ -36,19 +36,17 @@ def test_token_comparison_rejects_prefixes_and_suffixes():
 
 
 def test_not_ready_answers_503_with_retry_after(fake):
-    from fastapi.testclient import TestClient
+    from runtime.phase import Phase
+    from tests.unit.conftest import ServedClient, served_app
 
-    from runtime.app import build_app
-    from runtime.config import load_config
-    from runtime.state import Phase, ServingState
-
-    state = ServingState(load_config({}, environ={}), fake)
-    client = TestClient(build_app(state))
+    client = ServedClient(served_app(fake, ready=False))
     for phase in (Phase.INSTALLING, Phase.LOADING, Phase.WARMING_UP):
-        state.phase = phase
+        client.served.parts.status.phase = phase
         assert client.get("/health").status_code == 200
         ready = client.get("/ready")
-        assert ready.status_code == 503 and ready.json()["phase"] == phase.value
+        assert ready.status_code == 503
+        assert ready.json()["phase"] == phase.value
         response = client.post("/v1/completions", json={"prompt": "x"})
-        assert response.status_code == 503 and response.headers["retry-after"] == "5"
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"
         assert phase.value in response.json()["error"]["message"]

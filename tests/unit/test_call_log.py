@@ -9,8 +9,7 @@ import pytest
 
 from processors.base import Step
 from runtime.call_log import CallLog, CallRecord
-from runtime.config import load_config
-from runtime.config.settings import CallLogConfig
+from runtime.config import CallLogConfig, load_config
 from runtime.errors import ApiError, ErrorKind
 from tests.unit.conftest import make_client, post_then_leave
 from tests.unit.fake_processor import FakeProcessor
@@ -20,7 +19,7 @@ TOKEN = 'call-log-"secret"/token'  # JSON escapes it in the file: redacted in bo
 
 def records(path: Path, client=None) -> list[dict]:
     if client is not None:
-        client.app.state.serving.call_log.flush()
+        client.served.parts.call_log.flush()
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -34,7 +33,7 @@ def logged(fake, log_path):
     client = make_client(fake, call_log=str(log_path), token=TOKEN)
     client.headers["Authorization"] = f"Bearer {TOKEN}"
     yield client
-    client.app.state.serving.call_log.close()
+    client.served.parts.call_log.close()
 
 
 def test_every_api_gets_one_record_with_its_counts_and_text(logged, log_path):
@@ -60,17 +59,25 @@ def test_every_api_gets_one_record_with_its_counts_and_text(logged, log_path):
     ]
     for record in (plain, stream, websocket):
         assert record["request"] == chat or record["request"]["use_stream_chat"] is True
-        assert record["response"] == "w0 w1 w2 " and record["output_tokens"] == 3
+        assert record["response"] == "w0 w1 w2 "
+        assert record["output_tokens"] == 3
         assert record["request_id"].startswith("chatllm-")
-        assert record["prompt_tokens"] > 0 and record["finish_reason"] == "length"
-        assert record["status"] == 200 and record["error"] is None
+        assert record["prompt_tokens"] > 0
+        assert record["finish_reason"] == "length"
+        assert record["status"] == 200
+        assert record["error"] is None
         assert 0 <= record["ttft_s"] <= record["latency_s"]
-        assert record["client"] == "testclient:50000" and record["time"].startswith("20")
-    assert websocket["method"] == "WEBSOCKET" and stream["method"] == "POST"
-    assert sse["response"] == "w0 w1 " and sse["request_id"].startswith("chatcmpl-")
+        assert record["client"] == "testclient:50000"
+        assert record["time"].startswith("20")
+    assert websocket["method"] == "WEBSOCKET"
+    assert stream["method"] == "POST"
+    assert sse["response"] == "w0 w1 "
+    assert sse["request_id"].startswith("chatcmpl-")
     # two choices: the id without its per-choice suffix, both texts, tokens of both
-    assert completions["request_id"].startswith("cmpl-") and completions["request_id"][-2] != "-"
-    assert completions["responses"] == ["w0 w1 ", "w0 w1 "] and completions["output_tokens"] == 4
+    assert completions["request_id"].startswith("cmpl-")
+    assert completions["request_id"][-2] != "-"
+    assert completions["responses"] == ["w0 w1 ", "w0 w1 "]
+    assert completions["output_tokens"] == 4
 
 
 def test_the_token_never_reaches_the_file(logged, log_path):
@@ -79,9 +86,12 @@ def test_the_token_never_reaches_the_file(logged, log_path):
     logged.post("/", json={"prompt": "x"}, headers={"Authorization": TOKEN + "x"})  # a 401
     *_, unauthorized = records(log_path, logged)
     text = log_path.read_text()
-    assert "secret" not in text and text.count("<redacted>") == 2  # headers are not recorded
-    assert unauthorized["status"] == 401 and unauthorized["error"] == "invalid service token"
-    assert unauthorized["finish_reason"] is None and unauthorized["output_tokens"] is None
+    assert "secret" not in text
+    assert text.count("<redacted>") == 2
+    assert unauthorized["status"] == 401
+    assert unauthorized["error"] == "invalid service token"
+    assert unauthorized["finish_reason"] is None
+    assert unauthorized["output_tokens"] is None
 
 
 def test_a_timed_out_stream_is_recorded_as_aborted_with_408(demo_tokenizer, log_path):
@@ -91,21 +101,23 @@ def test_a_timed_out_stream_is_recorded_as_aborted_with_408(demo_tokenizer, log_
     (record,) = records(log_path, client)
     assert (record["status"], record["finish_reason"]) == (408, "abort")
     assert "request timeout of 0.2 s" in record["error"]
-    assert 0 < record["output_tokens"] < 50 and record["response"].startswith("w0 w1 ")
-    client.app.state.serving.call_log.close()
+    assert 0 < record["output_tokens"] < 50
+    assert record["response"].startswith("w0 w1 ")
+    client.served.parts.call_log.close()
 
 
 def test_a_client_that_leaves_a_stream_is_recorded_as_499(demo_tokenizer, log_path):
     fake = FakeProcessor(demo_tokenizer, step_delay=0.05)  # 2 s unless aborted
     client = make_client(fake, call_log=str(log_path))
-    state, app = client.app.state.serving, client.app
     body = {"prompt": "x", "max_new_tokens": 40, "use_stream_chat": True}
-    post_then_leave(app, "/", body, lambda received: len(received) >= 3)  # two records, gone
+    post_then_leave(client.app, "/", body, lambda received: len(received) >= 3)  # 2 records
     (record,) = records(log_path, client)
     assert (record["status"], record["finish_reason"]) == (499, "abort")
-    assert record["error"] == "the client left" and 2 <= record["output_tokens"] < 40
-    assert record["client"] == "10.1.2.3:4567" and fake.aborted
-    state.call_log.close()
+    assert record["error"] == "the client left"
+    assert 2 <= record["output_tokens"] < 40
+    assert record["client"] == "10.1.2.3:4567"
+    assert fake.aborted
+    client.served.parts.call_log.close()
 
 
 def test_raw_processor_answers_are_recorded_as_bytes_in_and_out(log_path):
@@ -115,10 +127,13 @@ def test_raw_processor_answers_are_recorded_as_bytes_in_and_out(log_path):
     client.post("/api/predict/echo", content=b"hello")
     client.post("/", content=b"")
     ok, empty = records(log_path, client)
-    assert ok["request"] == "hello" and json.loads(ok["response"])["echo"] == "HELLO"
-    assert ok["status"] == 200 and ok["request_id"] is None and ok["output_tokens"] is None
+    assert ok["request"] == "hello"
+    assert json.loads(ok["response"])["echo"] == "HELLO"
+    assert ok["status"] == 200
+    assert ok["request_id"] is None
+    assert ok["output_tokens"] is None
     assert (empty["status"], empty["error"]) == (400, "send a body to echo")
-    client.app.state.serving.call_log.close()
+    client.served.parts.call_log.close()
 
 
 def test_files_rotate_by_size_and_keep_the_backups_asked_for(tmp_path):
@@ -143,7 +158,8 @@ def test_files_rotate_by_size_and_keep_the_backups_asked_for(tmp_path):
     assert all((tmp_path / name).stat().st_size <= 2000 for name in files)
     numbers = sorted(record["request"]["n"] for record in kept)
     assert numbers == list(range(60 - len(numbers), 60))  # the newest, none torn
-    assert kept[0]["client"] == "10.0.0.1:5" and kept[0]["response"] == "x" * 50
+    assert kept[0]["client"] == "10.0.0.1:5"
+    assert kept[0]["response"] == "x" * 50
 
 
 def test_records_are_queued_without_writing_on_the_caller(tmp_path):
@@ -165,7 +181,8 @@ def test_config_from_flags_env_and_service_json(tmp_path):
         json.dumps({"metadata": {"call_log": {"path": "/x/calls", "max_bytes": 10, "backups": 3}}})
     )
     config = load_config({}, {}, str(service))
-    assert config.call_log == CallLogConfig("/x/calls", 10, 3) and not config.ignored_keys
+    assert config.call_log == CallLogConfig("/x/calls", 10, 3)
+    assert not config.ignored_keys
     service.write_text(json.dumps({"metadata": {"call_log": "/y/calls"}}))
     assert load_config({}, {}, str(service)).call_log.path == "/y/calls"
     env = {"LLM_RUNTIME_CALL_LOG": "/z", "LLM_RUNTIME_CALL_LOG_BACKUPS": "1"}

@@ -140,7 +140,8 @@ def test_prompt_longer_than_the_context_says_both_numbers(client):
     response = client.post("/", json={"prompt": "word " * 200})
     assert response.status_code == 400
     message = response.json()["error"]["message"]
-    assert "64 tokens" in message and "the prompt is" in message
+    assert "64 tokens" in message
+    assert "the prompt is" in message
 
 
 def test_engine_rejection_before_streaming_is_a_400_not_a_broken_stream(client, fake):

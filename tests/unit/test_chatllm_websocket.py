@@ -10,8 +10,8 @@ import pytest
 from starlette.testclient import WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
-from runtime.state import Phase
-from tests.unit.conftest import TOKEN, make_client
+from runtime.phase import Phase
+from tests.unit.conftest import TOKEN, drain_controller, make_client
 from tests.unit.fake_processor import FakeProcessor
 
 EOS = "<EOS>"
@@ -69,9 +69,11 @@ def test_system_prompt_only_messages_set_it_and_own_history_replaces(client, fak
     assert len(prompts) == 3
     assert all(p.startswith("<s><|im_start|>system\nbe brief<|im_end|>\n") for p in prompts)
     assert "user\none" in prompts[0]
-    assert "user\nq<|im_end|>" in prompts[1] and "one" not in prompts[1]
+    assert "user\nq<|im_end|>" in prompts[1]
+    assert "one" not in prompts[1]
     # the third continues from the history the second brought, plus its answer
-    assert "user\nq<|im_end|>" in prompts[2] and "user\ntwo<|im_end|>" in prompts[2]
+    assert "user\nq<|im_end|>" in prompts[2]
+    assert "user\ntwo<|im_end|>" in prompts[2]
 
 
 def test_errors_come_before_their_eos_and_the_connection_stays_open(client):
@@ -83,7 +85,8 @@ def test_errors_come_before_their_eos_and_the_connection_stays_open(client):
         ]:
             (error,) = ask(ws, bad)
             body = json.loads(error)["error"]
-            assert body["code"] == 400 and needle in body["message"]
+            assert body["code"] == 400
+            assert needle in body["message"]
         assert ask(ws, {"prompt": "still here", "max_new_tokens": 1}) == ["w0 "]
 
 
@@ -99,7 +102,7 @@ def test_the_handshake_needs_the_token(auth_client):
 
 
 def test_not_ready_refuses_the_handshake_with_503(client):
-    client.app.state.serving.phase = Phase.LOADING
+    client.served.parts.status.phase = Phase.LOADING
     with pytest.raises(WebSocketDenialResponse) as refused:
         client.websocket_connect("/").__enter__()
     assert refused.value.status_code == 503
@@ -109,13 +112,14 @@ def test_not_ready_refuses_the_handshake_with_503(client):
 def test_drain_lets_the_answer_finish_then_closes_with_going_away(demo_tokenizer):
     fake = FakeProcessor(demo_tokenizer, step_delay=0.02)
     client = make_client(fake)
-    state, admission = client.app.state.serving, client.app.state.admission
-    with client.websocket_connect("/") as busy, client.websocket_connect("/") as idle:
+    admission = client.served.parts.admission
+    drain, stops = drain_controller(client.served)
+    with client, client.websocket_connect("/") as busy, client.websocket_connect("/") as idle:
         assert admission.num_in_flight == 0  # connections are not requests; messages are
         busy.send_text(json.dumps({"prompt": "x", "max_new_tokens": 20}))
         answer = [busy.receive_text()]
         assert admission.num_in_flight == 1
-        state.phase = Phase.DRAINING
+        client.portal.start_task_soon(drain.drain, "SIGTERM")  # on the server's loop
         with pytest.raises(WebSocketDisconnect) as idle_closed:
             idle.receive_text()
         assert idle_closed.value.code == 1001
@@ -125,7 +129,9 @@ def test_drain_lets_the_answer_finish_then_closes_with_going_away(demo_tokenizer
         with pytest.raises(WebSocketDisconnect) as busy_closed:
             busy.receive_text()
         assert busy_closed.value.code == 1001
-    assert admission.num_in_flight == 0 and not fake.aborted
+        wait_until(lambda: stops == [0], "the drain to stop the server")
+    assert admission.num_in_flight == 0
+    assert not fake.aborted
 
 
 def test_a_client_that_leaves_aborts_its_request(demo_tokenizer):
@@ -135,7 +141,7 @@ def test_a_client_that_leaves_aborts_its_request(demo_tokenizer):
         ws.send_text(json.dumps({"prompt": "x", "max_new_tokens": 40, "use_stream_chat": False}))
         wait_until(lambda: fake.running, "the request to run")
     wait_until(lambda: fake.aborted and not fake.running, "the abort")
-    assert client.app.state.admission.num_in_flight == 0
+    assert client.served.parts.admission.num_in_flight == 0
 
 
 def test_the_request_timeout_applies_to_each_message(demo_tokenizer):
@@ -143,7 +149,8 @@ def test_the_request_timeout_applies_to_each_message(demo_tokenizer):
     client = make_client(fake, request_timeout=0.3)
     with client.websocket_connect("/") as ws:
         *streamed, error = ask(ws, {"prompt": "x", "max_new_tokens": 50})
-        assert streamed and json.loads(error)["error"]["code"] == 408
+        assert streamed
+        assert json.loads(error)["error"]["code"] == 408
         for _ in range(2):  # each message has its own 0.3 s
             assert ask(ws, {"prompt": "x", "max_new_tokens": 5}) == [f"w{i} " for i in range(5)]
 
@@ -151,7 +158,7 @@ def test_the_request_timeout_applies_to_each_message(demo_tokenizer):
 def test_messages_over_the_queue_limit_get_429_and_an_eos_and_are_recorded(fake, tmp_path):
     calls = tmp_path / "calls.jsonl"
     client = make_client(fake, max_queue_size=0, call_log=str(calls))
-    admission, call_log = client.app.state.admission, client.app.state.serving.call_log
+    admission, call_log = client.served.parts.admission, client.served.parts.call_log
     with client.websocket_connect("/") as ws, contextlib.ExitStack() as busy:
         for _ in range(admission.limit):
             busy.enter_context(admission.admitted())

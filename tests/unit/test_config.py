@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from runtime.cli import build_parser, parse_engine_args
+from runtime.cli import build_parser
 from runtime.config import ConfigError, load_config
+from runtime.config.flags import parse_key_values as parse_engine_args
 
 
 def write_json(tmp_path, document) -> str:
@@ -160,7 +161,8 @@ def test_cli_flags_parse_into_settings():
             ]
         )
     )
-    assert args["model_path"] == "/m" and "host" not in args  # absent flags do not override
+    assert args["model_path"] == "/m"
+    assert "host" not in args
     args.pop("command"), args.pop("config")
     args["engine_args"] = parse_engine_args(args["engine_args"])
     config = load_config(args, {})
@@ -221,7 +223,8 @@ def test_a_malformed_token_is_not_echoed_in_the_error(tmp_path):
     document = {"token": {"secret": "hunter2"}}
     with pytest.raises(ConfigError) as caught:
         load_config({}, {}, write_json(tmp_path, document))
-    assert "token" in str(caught.value) and "hunter2" not in str(caught.value)
+    assert "token" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
     assert caught.value.__cause__ is None  # nor in a chained traceback
 
 
@@ -229,7 +232,8 @@ def test_the_async_queue_from_every_source(tmp_path):
     assert load_config({}, {}).queue.enabled is False
     document = {"metadata": {"type": "Async", "rpc": {"max_queue_size": 100}}}
     config = load_config({}, {}, write_json(tmp_path, document))
-    assert config.queue.enabled and config.lifecycle.max_queue_size == 100
+    assert config.queue.enabled
+    assert config.lifecycle.max_queue_size == 100
     assert config.ignored_keys == ()
     assert load_config({}, {"LLM_RUNTIME_ASYNC": "true"}).queue.enabled
     args = vars(

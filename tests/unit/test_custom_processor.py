@@ -7,13 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from processors.custom_processor import CustomProcessor, CustomProcessorError
 from processors.settings import CustomSettings, EngineSettings
-from runtime.app import build_app
+from runtime.app import RawApp, ServingParts
 from runtime.config import load_config
-from runtime.state import ServingState
+from tests.unit.conftest import ServedClient, loaded
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = ROOT / "tests/fixtures/processors/kinds.py"
@@ -28,9 +27,7 @@ def serve_custom(entry: Path, mainclass: str | None = None, model_path: str = ""
             entry=str(entry), mainclass=mainclass, worker_threads=settings.get("worker_threads")
         ),
     )
-    state = ServingState(config, processor)
-    asyncio.run(state.start())
-    return TestClient(build_app(state), raise_server_exceptions=False)
+    return ServedClient(loaded(RawApp(ServingParts.for_config(config), processor))[0])
 
 
 def test_the_echo_example_serves_both_platform_routes(demo_model_dir):
@@ -85,7 +82,7 @@ def test_the_request_timeout_applies_to_custom_processors():
     response = client.post("/", content=b"5")
     assert response.status_code == 408
     assert "request timeout of 0.2 s" in response.json()["error"]["message"]
-    client.app.state.serving.processor._user.release.set()  # let the thread finish
+    client.served.processor._user.release.set()  # let the thread finish
 
 
 def test_openai_routes_explain_what_a_custom_processor_takes():

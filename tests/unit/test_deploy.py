@@ -65,7 +65,8 @@ def test_the_image_runs_serve_on_the_default_port_as_a_user():
     assert dockerfile_env()["LLM_RUNTIME_PORT"] == str(ServerConfig().port)
     assert dockerfile_env()["LLM_RUNTIME_HOST"] == "0.0.0.0"
     assert instructions["STOPSIGNAL"] == "SIGTERM"
-    assert "/health" in instructions["HEALTHCHECK"] and "/health" in LIVENESS_PATHS
+    assert "/health" in instructions["HEALTHCHECK"]
+    assert "/health" in LIVENESS_PATHS
     assert instructions["USER"].split(":")[0] not in ("root", "0")
     assert instructions["FROM"].startswith("nvidia/cuda:")
 
@@ -135,7 +136,8 @@ def test_gpu_shared_memory_token_and_model_volume(pod):
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     shm = volumes[mounts["/dev/shm"]["name"]]["emptyDir"]
-    assert shm["medium"] == "Memory" and shm["sizeLimit"]
+    assert shm["medium"] == "Memory"
+    assert shm["sizeLimit"]
     model_path = env["LLM_RUNTIME_MODEL_PATH"]["value"]
     assert model_path == dockerfile_env()["LLM_RUNTIME_MODEL_PATH"]
     assert mounts[model_path]["readOnly"] is True

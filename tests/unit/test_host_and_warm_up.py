@@ -8,10 +8,10 @@ import json
 import pytest
 
 from runtime.host import GIB, MIB, ensure_shared_memory, resource_shortfalls, wanted_shm_bytes
+from runtime.phase import Phase
 from runtime.prepare import PrepareError
-from runtime.state import Phase
 from runtime.warmup import read_warm_up, run_warm_up
-from tests.unit.conftest import make_client
+from tests.unit.conftest import ServedClient, loaded, served_app
 
 
 def test_wanted_size_comes_from_config_or_tensor_parallel():
@@ -30,7 +30,8 @@ def test_too_small_is_grown_by_remount_when_permitted():
     report = ensure_shared_memory(
         GIB, 2, "fail", {}, measure=lambda: next(sizes), remount=lambda size: size == GIB
     )
-    assert report.size_bytes == 2 * GIB and "grown from 64 MiB" in report.action
+    assert report.size_bytes == 2 * GIB
+    assert "grown from 64 MiB" in report.action
 
 
 def test_too_small_for_tensor_parallel_fails_or_falls_back_as_configured():
@@ -41,13 +42,15 @@ def test_too_small_for_tensor_parallel_fails_or_falls_back_as_configured():
         2 * GIB, 2, "fallback", environ, lambda: 64 * MIB, lambda s: False
     )
     assert environ == {"NCCL_SHM_DISABLE": "1"}
-    assert "NCCL_SHM_DISABLE=1" in report.action and "--shm-size=2g" in report.describe()
+    assert "NCCL_SHM_DISABLE=1" in report.action
+    assert "--shm-size=2g" in report.describe()
 
 
 def test_one_gpu_only_warns():
     environ: dict[str, str] = {}
     report = ensure_shared_memory(GIB, 1, "fail", environ, lambda: 64 * MIB, lambda s: False)
-    assert "too small, continuing" in report.action and environ == {}
+    assert "too small, continuing" in report.action
+    assert environ == {}
 
 
 def test_resource_shortfalls_name_what_is_missing():
@@ -92,20 +95,33 @@ def test_bad_warm_up_files_are_start_errors(tmp_path, content, needle):
         read_warm_up(tmp_path / "absent.jsonl", "svc")
 
 
-def test_warm_up_passes_the_readiness_gate_others_do_not(fake, tmp_path):
-    client = make_client(fake, token="tok")
-    state, admission = client.app.state.serving, client.app.state.admission
-    state.phase = Phase.WARMING_UP
-    requests = read_warm_up(write_lines(tmp_path, {"prompt": "x", "max_new_tokens": 3}), "llm")
-    asyncio.run(run_warm_up(client.app, requests, admission.warm_up_key, "tok"))
-    assert len(fake.requests) == 1
-    outsider = client.post("/", json={"prompt": "x"}, headers={"Authorization": "tok"})
-    assert outsider.status_code == 503 and "warming up" in outsider.text
+def warming_up(fake, **settings):
+    """An app loaded and warming up, as the lifecycle has it before readiness; its answers."""
+    served, service = loaded(served_app(fake, ready=False, **settings), Phase.WARMING_UP)
+    return served, served.answers(service)
+
+
+def test_warm_up_requests_are_answered_while_clients_still_get_503(fake, tmp_path):
+    served, answers = warming_up(fake, token="tok")
+    lines = [
+        {"prompt": "x", "max_new_tokens": 3},
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True},
+        {"prompt": "y", "max_tokens": 2},
+    ]
+    asyncio.run(run_warm_up(answers, read_warm_up(write_lines(tmp_path, *lines), "llm")))
+    assert [request.sampling.max_tokens for request in fake.requests] == [3, 2, 2]
+    outsider = ServedClient(served).post(
+        "/", json={"prompt": "x"}, headers={"Authorization": "tok"}
+    )
+    assert outsider.status_code == 503
+    assert "warming up" in outsider.text
 
 
 def test_a_failing_warm_up_request_is_a_start_error(fake, tmp_path):
-    client = make_client(fake)
-    client.app.state.serving.phase = Phase.WARMING_UP
+    _, answers = warming_up(fake)
     requests = read_warm_up(write_lines(tmp_path, {"prompt": "x", "temperature": -2}), "llm")
     with pytest.raises(PrepareError, match="warm-up request 1 .* failed with 400.*temperature"):
-        asyncio.run(run_warm_up(client.app, requests, client.app.state.admission.warm_up_key, None))
+        asyncio.run(run_warm_up(answers, requests))
+    elsewhere = read_warm_up(write_lines(tmp_path, {"path": "/nowhere", "body": {}}), "llm")
+    with pytest.raises(PrepareError, match="/nowhere is not served here"):
+        asyncio.run(run_warm_up(answers, elsewhere))

@@ -8,18 +8,15 @@ import json
 import httpx
 import pytest
 
-from runtime.app import build_app
-from runtime.config import load_config
 from runtime.errors import ApiError, ErrorKind
-from runtime.state import Phase, ServingState
-from tests.unit.conftest import make_client, post_then_leave
+from runtime.phase import Phase
+from tests.unit.conftest import make_client, post_then_leave, served_app
 from tests.unit.fake_processor import FakeProcessor
 
 
 def started_app(processor, **settings):
-    state = ServingState(load_config(settings, environ={}), processor)
-    asyncio.run(state.start())
-    return state, build_app(state)
+    served = served_app(processor, **settings)
+    return served, served.asgi
 
 
 async def post_all(app, requests):
@@ -30,7 +27,7 @@ async def post_all(app, requests):
 
 def test_requests_beyond_running_plus_queue_get_429_at_once(demo_tokenizer):
     fake = FakeProcessor(demo_tokenizer, step_delay=0.01)  # runs 4 at once
-    _, app = started_app(fake, max_queue_size=2)
+    served, app = started_app(fake, max_queue_size=2)
     body = {"prompt": "x", "max_new_tokens": 20}
     responses = asyncio.run(post_all(app, [("/", body)] * 10))
     codes = sorted(r.status_code for r in responses)
@@ -38,7 +35,7 @@ def test_requests_beyond_running_plus_queue_get_429_at_once(demo_tokenizer):
     rejected = next(r for r in responses if r.status_code == 429)
     assert rejected.headers["retry-after"] == "1"
     assert "limit of 6 requests" in rejected.json()["error"]["message"]
-    assert app.state.admission.num_in_flight == 0
+    assert served.parts.admission.num_in_flight == 0
 
 
 def test_auto_stream_interval_lets_two_tokens_share_a_step_once_the_server_is_busy(
@@ -62,9 +59,10 @@ def test_auto_stream_interval_lets_two_tokens_share_a_step_once_the_server_is_bu
 
 def test_draining_refuses_new_requests_with_503_and_readiness_says_so(fake):
     client = make_client(fake)
-    client.app.state.serving.phase = Phase.DRAINING
+    client.served.parts.status.phase = Phase.DRAINING
     response = client.post("/", json={"prompt": "x"})
-    assert response.status_code == 503 and "shutting down" in response.json()["error"]["message"]
+    assert response.status_code == 503
+    assert "shutting down" in response.json()["error"]["message"]
     assert client.get("/ready").json()["phase"] == "draining"
     assert client.get("/health").status_code == 200
 
@@ -95,13 +93,14 @@ def test_request_timeout_is_408_and_an_error_chunk_once_streaming(demo_tokenizer
     stream = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 50, "stream": True})
     events = [json.loads(e[6:]) for e in stream.text.split("\n\n") if e.startswith("data: {")]
     assert events[0]["choices"][0]["text"] == "w0 "
-    assert events[-1]["error"]["code"] == 408 and events[-1]["error_info"]["code"] == 408
+    assert events[-1]["error"]["code"] == 408
+    assert events[-1]["error_info"]["code"] == 408
     assert stream.text.endswith("data: [DONE]\n\n")
 
 
 def test_abort_all_ends_every_stream_with_the_reason(demo_tokenizer):
     fake = FakeProcessor(demo_tokenizer, step_delay=0.01)
-    state, app = started_app(fake)
+    served, app = started_app(fake)
 
     async def scenario():
         reason = ApiError(ErrorKind.UNAVAILABLE, "shutting down")
@@ -109,9 +108,9 @@ def test_abort_all_ends_every_stream_with_the_reason(demo_tokenizer):
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             body = {"prompt": "x", "max_new_tokens": 40, "use_stream_chat": True}
             requests = [asyncio.create_task(client.post("/", json=body)) for _ in range(3)]
-            while state.generator.num_running < 3:
+            while served.runner.num_running < 3:
                 await asyncio.sleep(0.01)
-            assert state.generator.abort_all(reason) == 3
+            assert served.runner.abort_all(reason) == 3
             return await asyncio.gather(*requests)
 
     for response in asyncio.run(scenario()):
@@ -139,7 +138,7 @@ def test_renamed_probe_paths_answer_alongside_the_defaults(fake):
 
 def test_liveness_reports_engine_load_and_death(fake):
     client = make_client(fake)
-    with client.app.state.admission.admitted():
+    with client.served.parts.admission.admitted():
         body = client.get("/health").json()
     assert (body["num_in_flight"], body["num_running"], body["num_waiting"]) == (1, 0, 0)
 
@@ -148,16 +147,18 @@ def test_liveness_reports_engine_load_and_death(fake):
 
     fake.check_health = dead
     response = client.get("/health")
-    assert response.status_code == 503 and "engine core exited" in response.json()["reason"]
+    assert response.status_code == 503
+    assert "engine core exited" in response.json()["reason"]
 
 
 @pytest.mark.parametrize("path", ["/", "/v1/completions"])
 def test_client_disconnect_aborts_a_non_streaming_request(demo_tokenizer, path):
     fake = FakeProcessor(demo_tokenizer, step_delay=0.05)
-    state, app = started_app(fake)
+    served, app = started_app(fake)
     body = {"prompt": "x", "max_tokens": 40, "max_new_tokens": 40}  # 2 s unless aborted
 
     # leave once generation is under way
-    post_then_leave(app, path, body, lambda _: state.generator.num_running > 0)
-    assert len(fake.aborted) == 1 and not fake.running
-    assert app.state.admission.num_in_flight == 0
+    post_then_leave(app, path, body, lambda _: served.runner.num_running > 0)
+    assert len(fake.aborted) == 1
+    assert not fake.running
+    assert served.parts.admission.num_in_flight == 0

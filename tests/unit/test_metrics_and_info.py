@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from runtime.phase import Phase
 from tests.unit.conftest import make_client
 from tests.unit.fake_processor import FakeProcessor
 
@@ -68,7 +69,7 @@ def test_refusals_timeouts_and_unknown_routes_are_counted(demo_tokenizer):
     )
     assert client.post("/", json={"prompt": "x"}).status_code == 401
     client.get("/wp-admin.php", headers=auth)
-    client.app.state.serving.phase = client.app.state.serving.phase.DRAINING
+    client.served.parts.status.phase = Phase.DRAINING
     assert client.post("/", json={"prompt": "x"}, headers=auth).status_code == 503
     samples = scrape(client)  # open without the token, like the probes
     assert value(samples, "llm_runtime_request_timeouts_total") == 1
@@ -94,6 +95,7 @@ def test_info_describes_what_is_served_without_the_token(fake):
         "max_context": 64,
         "dtype": "float32",
     }
-    assert info["processor"] == "fake" and info["phase"] == "ready"
+    assert info["processor"] == "fake"
+    assert info["phase"] == "ready"
     assert info["config"]["server"]["token"] == "<redacted>"
     assert "s3cret-token" not in str(info)

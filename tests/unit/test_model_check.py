@@ -21,7 +21,8 @@ def test_the_demo_model_passes_and_is_described(demo_model_dir):
     report = check_model_dir(demo_model_dir, supported_architectures={"LlamaForCausalLM"})
     assert report.architectures == ("LlamaForCausalLM",)
     assert report.weight_format == "safetensors"
-    assert report.max_context == 2048 and report.has_chat_template
+    assert report.max_context == 2048
+    assert report.has_chat_template
     assert "LlamaForCausalLM" in report.describe()
 
 

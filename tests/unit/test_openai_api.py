@@ -66,7 +66,8 @@ def test_chat_stream_sends_role_then_deltas_then_usage(client):
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert [e["choices"][0]["delta"].get("content") for e in events[1:3]] == ["w0 ", "w1 "]
     assert events[2]["choices"][0]["finish_reason"] == "length"
-    assert events[3]["choices"] == [] and events[3]["usage"]["completion_tokens"] == 2
+    assert events[3]["choices"] == []
+    assert events[3]["usage"]["completion_tokens"] == 2
 
 
 def test_n_choices_are_generated_separately(client, fake):
@@ -153,7 +154,8 @@ def test_bad_openai_input_is_400_naming_the_field(client, path, body, needle):
     response = client.post(path, json=body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert needle in error["message"] and error["type"] == "invalid_request_error"
+    assert needle in error["message"]
+    assert error["type"] == "invalid_request_error"
 
 
 def test_invalid_json_is_400(client):

@@ -31,7 +31,8 @@ def test_items_come_out_in_order_with_priority_first(tmp_path):
         second = await queue.enqueue(b"b")
         await queue.enqueue(b"urgent", priority=1)
         await queue.enqueue(b"c")
-        assert second.index > first.index and first.request_id != second.request_id
+        assert second.index > first.index
+        assert first.request_id != second.request_id
         order = await claim_all(queue)
         await queue.close()
         return order
@@ -104,7 +105,8 @@ def test_expiry_deletes_only_results_finished_before_the_cutoff(tmp_path):
         return gone, kept
 
     gone, kept = run(scenario())
-    assert gone is None and kept.state is ItemState.PENDING
+    assert gone is None
+    assert kept.state is ItemState.PENDING
 
 
 def test_reading_with_delete_removes_a_done_result_only(tmp_path):
@@ -121,7 +123,8 @@ def test_reading_with_delete_removes_a_done_result_only(tmp_path):
 
     pending, done, after = run(scenario())
     assert pending.state is ItemState.PENDING  # not done: nothing deleted
-    assert done.data == b"r" and after is None
+    assert done.data == b"r"
+    assert after is None
 
 
 def test_a_reopened_queue_puts_running_items_back_and_keeps_everything_else(tmp_path):

@@ -37,13 +37,15 @@ def test_split_characters_are_held_back_until_whole():
 
 def test_a_stop_string_ends_the_text_and_is_never_emitted():
     deltas, detokenizer = feed("hello STOP there", stop=("STOP",))
-    assert detokenizer.stopped and "".join(deltas) == "hello "
+    assert detokenizer.stopped
+    assert "".join(deltas) == "hello "
     assert all("S" not in d for d in deltas)
 
 
 def test_text_that_may_start_a_stop_string_is_held_back_then_released():
     deltas, detokenizer = feed("a STO b", stop=("STOP",))
-    assert not detokenizer.stopped and "".join(deltas) == "a STO b"
+    assert not detokenizer.stopped
+    assert "".join(deltas) == "a STO b"
     assert "".join(deltas[:5]) == "a "  # "a STO" read: "STO" might become "STOP"
 
 
@@ -134,6 +136,7 @@ def test_leaving_keeps_running_sequences_compact():
     a, b, c = scheduler.admit()
     c.num_cached = 7
     assert scheduler.remove(a) == SlotMove(source=2, target=0, length=7)
-    assert [s.request_id for s in scheduler.running] == ["c", "b"] and c.slot == 0
+    assert [s.request_id for s in scheduler.running] == ["c", "b"]
+    assert c.slot == 0
     assert scheduler.remove(b) is None  # the last one leaves: nothing moves
     assert scheduler.kv_cache_usage() == pytest.approx(7 / 300)

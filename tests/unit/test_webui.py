@@ -30,8 +30,10 @@ def test_the_page_is_served_at_webui_without_the_token(webui_client):
     assert response.headers["content-type"] == "text/html; charset=utf-8"
     assert "default-src 'none'" in response.headers["content-security-policy"]
     page = response.text
-    assert "v1/chat/completions" in page and "v1/models" in page
-    assert "AbortController" in page and "Authorization" in page
+    assert "v1/chat/completions" in page
+    assert "v1/models" in page
+    assert "AbortController" in page
+    assert "Authorization" in page
     assert "://" not in page  # nothing is loaded from elsewhere (no CDN)
 
 
@@ -94,7 +96,8 @@ def test_webui_from_flag_env_and_service_json(tmp_path):
     service = tmp_path / "service.json"
     service.write_text(json.dumps({"metadata": {"enable_webservice": True}}))
     config = load_config({}, {}, str(service))
-    assert config.server.webui and config.ignored_keys == ()
+    assert config.server.webui
+    assert config.ignored_keys == ()
     assert not load_config({}, {}).server.webui
 
 

@@ -1,0 +1,352 @@
+"""The runtime's settings, one frozen dataclass per concern, each field declared once.
+
+A field's declaration (processors/declaration.py) names its help, flag and service-JSON keys;
+its environment name is LLM_RUNTIME_<NAME>. Everything that reads or shows settings derives from
+these fields: the parser, the readers, the README's table (`python -m runtime.config.reference`)
+and the config dump.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from processors.declaration import SKIP, JsonKey, Read, at_least, declared, non_negative, one_of
+from processors.registry import PROCESSOR_NAMES
+from processors.settings import CustomSettings, EngineSettings
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+SHM_POLICIES = ("fallback", "fail")
+
+
+def _port(value: int) -> str | None:
+    return None if 0 < value < 65536 else "must be between 1 and 65535"
+
+
+def _service_name(value: str) -> str | None:
+    return None if value and "/" not in value else "must be a non-empty name without '/'"
+
+
+def _log_level(value: str) -> str | None:
+    return None if value.lower() in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
+
+
+def _stream_interval(value: str) -> str | None:
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return None
+    return "must be auto or a positive integer"
+
+
+def _probe(name: str) -> JsonKey:
+    """A probe's path; probe timing (delays, periods) is the orchestrator's, so reading the path
+    accounts for the whole probe."""
+    path = f"containers.0.{name}.http_get.path"
+    return JsonKey(path, lambda value: Read(value, (f"containers.0.{name}",)))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = declared("0.0.0.0", "address to bind")
+    port: int = declared(8000, "port to bind", json=["containers.0.port"], check=_port)
+    token: str | None = declared(
+        None,
+        "service token required in the Authorization header (none: no auth)",
+        json=["token"],
+        secret=True,
+    )
+    service_name: str = declared(
+        "llm",
+        "service name, served at /api/predict/<name>",
+        json=["name", "metadata.name"],
+        check=_service_name,
+    )
+    chatllm_stream_default: bool = declared(False, "ChatLLM streams when use_stream_chat is absent")
+    log_level: str = declared("info", "logging level", check=_log_level)
+    auth_health: bool = declared(
+        False, "require the token on health, readiness and metrics routes too"
+    )
+    readiness_path: str | None = declared(
+        None,
+        "extra path answering readiness (the platform's probe path)",
+        json=[
+            "metadata.rpc.health_check_path",
+            "rpc.health_check_path",
+            _probe("readiness_check"),
+            _probe("health_check"),
+        ],
+    )
+    # A startup probe must pass while the model loads, so it gets liveness semantics.
+    liveness_path: str | None = declared(
+        None,
+        "extra path answering liveness",
+        json=[_probe("liveness_check"), _probe("startup_check")],
+    )
+    webui: bool = declared(
+        False,
+        "serve the chat web page at /webui (and GET / for browsers)",
+        json=["metadata.enable_webservice"],
+    )
+    stream_interval: str = declared(
+        "1",
+        "tokens per streamed chunk: 1, N, or auto (1, and 2 once the server is busy)",
+        check=_stream_interval,
+    )
+
+    @property
+    def platform_paths(self) -> tuple[str, str]:
+        """Where the platform serves a service's requests: `/` and `/api/predict/<name>`."""
+        return ("/", f"/api/predict/{self.service_name}")
+
+
+def _milliseconds(value: Any) -> float:
+    """The platform gives rpc.keepalive in milliseconds; the runtime's setting is in seconds."""
+    return float(value) / 1000
+
+
+def _no_drain_without_sigterm(enabled: Any) -> Any:
+    """enable_sigterm false: the platform will not wait, so there is nothing to drain for."""
+    return 0 if enabled is False else SKIP
+
+
+def _shm_size_from_storage(storage: Any) -> Any:
+    """size_limit (GB) of a storage entry mounting /dev/shm as a memory emptyDir."""
+    for entry in storage if isinstance(storage, list) else ():
+        empty_dir = entry.get("empty_dir") if isinstance(entry, dict) else None
+        if (
+            isinstance(empty_dir, dict)
+            and str(entry.get("mount_path", "")).rstrip("/") == "/dev/shm"
+            and str(empty_dir.get("medium", "")).lower() == "memory"
+        ):
+            return Read(empty_dir.get("size_limit"), ())  # the mounts account for the entry
+    return Read(SKIP, ())
+
+
+def _mount_paths(storage: Any) -> Read:
+    """Each storage entry's mount_path; its source (oss, nfs, ...) is the platform's business:
+    locally it is mounted already."""
+    if not isinstance(storage, list):
+        raise ValueError(storage)
+    mounts, used = [], []
+    for index, entry in enumerate(storage):
+        if isinstance(entry, dict) and isinstance(entry.get("mount_path"), str):
+            mounts.append(entry["mount_path"])
+            used.append(f"storage.{index}")
+    return Read(mounts or SKIP, tuple(used))
+
+
+def _env_pairs(env: Any) -> list[tuple[str, str]]:
+    if not isinstance(env, list):
+        raise ConfigError("containers[0].env must be a list of {name, value}")
+    pairs = []
+    for item in env:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ConfigError(f"containers[0].env has an entry without a name: {item}")
+        pairs.append((item["name"], str(item.get("value", ""))))
+    return pairs
+
+
+def _host_resources(resources: Mapping[str, float]) -> str | None:
+    for name, value in resources.items():
+        if name not in ("cpu", "memory", "gpu") or not isinstance(value, int | float) or value < 0:
+            return f"has {name}={value}, which is not a valid request of cpu, memory or gpu"
+    return None
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class LifecycleConfig:
+    grace_period: float = declared(
+        30.0,
+        "seconds to drain in-flight requests after SIGTERM",
+        json=[
+            "metadata.eas.termination_grace_period",
+            "runtime.termination_grace_period",
+            JsonKey("metadata.rpc.enable_sigterm", _no_drain_without_sigterm, note="false: 0"),
+        ],
+        check=non_negative,
+    )
+    request_timeout: float | None = declared(
+        None,
+        "seconds a request may take before it is aborted (408; none: no limit)",
+        json=[
+            JsonKey("metadata.rpc.keepalive", _milliseconds, note="ms"),
+            JsonKey("rpc.keepalive", _milliseconds, note="ms"),
+        ],
+        check=lambda value: None if value is None or value > 0 else "must be positive",
+    )
+    max_queue_size: int | None = declared(
+        None,
+        "requests allowed to wait beyond the engine's running set (429 beyond; none: no bound); "
+        "with --async, the queue's length when --queue-max-pending is not given",
+        json=["metadata.rpc.max_queue_size", "rpc.max_queue_size"],
+        check=non_negative,
+    )
+    max_body_bytes: int = declared(
+        1 << 20, "largest request body accepted (413 beyond)", check=at_least(1)
+    )
+    warm_up_path: str | None = declared(
+        None,
+        "JSON lines of requests replayed before readiness",
+        flag="--warm-up",
+        json=["warm_up_data_path"],
+    )
+    shm_size_gb: float | None = declared(
+        None,
+        "shared memory (/dev/shm) wanted, in GB (default: 1 per GPU for tensor parallel)",
+        flag="--shm-size",
+        json=[
+            "metadata.shm_size",
+            JsonKey("storage", _shm_size_from_storage, note="a /dev/shm memory empty_dir"),
+        ],
+    )
+    shm_policy: str = declared(
+        "fallback",
+        "when /dev/shm is too small for tensor parallel: fallback or fail",
+        check=one_of(*SHM_POLICIES),
+    )
+    host_resources: Mapping[str, float] = declared(
+        {},
+        "cpu, memory (MB) and gpu count the deployment asks for, as JSON",
+        flag=None,
+        json=[
+            JsonKey("metadata.cpu", into="cpu"),
+            JsonKey("metadata.memory", into="memory"),
+            JsonKey("metadata.gpu", into="gpu"),
+        ],
+        check=_host_resources,
+    )
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    python_requirements: tuple[str, ...] = declared(
+        (),
+        "pip requirements installed before loading",
+        flag=None,
+        json=["containers.0.prepare.pythonRequirements"],
+    )
+    python_requirements_path: str | None = declared(
+        None,
+        "requirements file installed before loading",
+        flag=None,
+        json=["containers.0.prepare.pythonRequirementsPath"],
+    )
+    storage_mounts: tuple[str, ...] = declared(
+        (),
+        "mount paths that must exist and be readable",
+        flag=None,
+        json=[JsonKey("storage", _mount_paths, note="each mount_path")],
+    )
+    container_env: tuple[tuple[str, str], ...] = declared(
+        (),
+        "environment the service JSON sets (the real environment wins)",
+        flag=None,
+        json=[JsonKey("containers.0.env", _env_pairs)],
+    )
+
+
+@dataclass(frozen=True)
+class CallLogConfig:
+    # The platform's "save call records" is a console switch; here it is a file and its rotation.
+    path: str | None = declared(
+        None,
+        "file to append call records to, one JSON line per call",
+        name="call_log",
+        json=["metadata.call_log.path", "metadata.call_log"],
+    )
+    max_bytes: int = declared(
+        100 << 20,
+        "rotate the call log beyond this size (0: never)",
+        name="call_log_max_bytes",
+        json=["metadata.call_log.max_bytes"],
+        check=non_negative,
+    )
+    backups: int = declared(
+        5,
+        "rotated call logs kept (PATH.1, PATH.2, ...)",
+        name="call_log_backups",
+        json=["metadata.call_log.backups"],
+        check=at_least(1),
+    )
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The asynchronous API (PROTOCOLS §9)."""
+
+    enabled: bool = declared(
+        False,
+        "enqueue requests on the service routes; results come from /sink",
+        name="async",
+        json=[JsonKey("metadata.type", lambda kind: str(kind).lower() == "async", note="Async")],
+    )
+    path: str | None = declared(
+        None,
+        "SQLite file holding the asynchronous queue (default: one per service name in the "
+        "cache directory)",
+        name="queue_path",
+    )
+    max_pending: int | None = declared(
+        None,
+        "requests the asynchronous queue holds waiting (450 beyond; default: max_queue_size)",
+        name="queue_max_pending",
+        check=non_negative,
+    )
+    result_ttl: float = declared(
+        24 * 3600.0,
+        "seconds a finished result stays readable at /sink",
+        name="queue_result_ttl",
+        check=lambda value: None if value > 0 else "must be positive",
+    )
+
+
+def _processor_type(kind: Any) -> str:
+    if str(kind).lower() != "python":
+        raise ValueError(kind)
+    return "custom"
+
+
+def _platform_processor(name: Any) -> str:
+    """The platform's processor names: its torch ones (e.g. "pytorch_gpu_1.10") are served by
+    the transformers processor; names this runtime does not serve are reported as ignored."""
+    if not isinstance(name, str):
+        raise ValueError(name)
+    name = "transformers" if name.lower().startswith("pytorch") else name.lower()
+    if name not in PROCESSOR_NAMES:
+        raise ValueError(name)
+    return name
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    # "auto": vllm when it is installed, else transformers; "custom" when a processor entry is
+    # given and no processor is named.
+    processor: str = declared(
+        "auto",
+        "inference backend: auto (vllm when installed, else transformers; custom when a "
+        "processor entry is given), vllm, transformers, custom",
+        json=[
+            JsonKey("processor_type", _processor_type, note="python: custom"),
+            JsonKey("processor", _platform_processor, note="pytorch_*: transformers"),
+        ],
+        check=one_of(*PROCESSOR_NAMES),
+    )
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    custom: CustomSettings = field(default_factory=CustomSettings)
+    call_log: CallLogConfig = field(default_factory=CallLogConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    ignored_keys: tuple[str, ...] = ()  # service JSON keys this runtime does not read
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings in effect, safe to log or show: the token never leaves."""
+        values = asdict(self)
+        if values["server"]["token"]:
+            values["server"]["token"] = "<redacted>"
+        return values
