@@ -1,6 +1,6 @@
 """Our own engine over transformers and torch (CUDA or CPU): the Processor contract around it.
 
-The engine runs in its own thread (processors/torch_engine/); this adapter turns its per-step
+The engine runs in its own thread (processors/transformers_engine/); this adapter turns its per-step
 output batches into one asyncio queue per request on the server's event loop.
 """
 
@@ -23,11 +23,11 @@ from processors.base import (
 from processors.settings import EngineSettings
 
 if TYPE_CHECKING:
-    from processors.torch_engine.engine import TorchEngine
+    from processors.transformers_engine.engine import TransformersEngine
 
 
 def supported_architectures() -> set[str]:
-    from processors.torch_engine.loader import SUPPORTED_ARCHITECTURES
+    from processors.transformers_engine.loader import SUPPORTED_ARCHITECTURES
 
     return set(SUPPORTED_ARCHITECTURES)
 
@@ -37,7 +37,7 @@ class TransformersProcessor:
 
     def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
-        self._engine: TorchEngine | None = None
+        self._engine: TransformersEngine | None = None
         self._info: LlmInfo | None = None
         self._streams: dict[str, asyncio.Queue] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -49,7 +49,7 @@ class TransformersProcessor:
         return self._info
 
     async def start(self) -> None:
-        from processors.torch_engine.loader import EngineConfigError, load_engine
+        from processors.transformers_engine.loader import EngineConfigError, load_engine
 
         self._loop = asyncio.get_running_loop()
         tokenizer = await asyncio.to_thread(load_tokenizer, self._settings.model_path)
@@ -113,7 +113,7 @@ class TransformersProcessor:
                 f"{self.info.max_model_len}, and at least one token must be generated"
             )
 
-    def _running_engine(self) -> TorchEngine:
+    def _running_engine(self) -> TransformersEngine:
         if self._engine is None or not self._engine.is_alive:
             raise EngineDeadError("the transformers engine is not running")
         return self._engine

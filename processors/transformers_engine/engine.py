@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from processors.base import GenerationRequest, ProcessorStats, Step, TokenLogprob
-from processors.torch_engine.detokenizer import IncrementalDetokenizer
-from processors.torch_engine.kv_cache import SlotKVCache
-from processors.torch_engine.sampler import SampledLogprobs, SamplingRow, sample
-from processors.torch_engine.scheduler import Scheduler
-from processors.torch_engine.scheduler import Sequence as Seq
+from processors.transformers_engine.detokenizer import IncrementalDetokenizer
+from processors.transformers_engine.kv_cache import SlotKVCache
+from processors.transformers_engine.sampler import SampledLogprobs, SamplingRow, sample
+from processors.transformers_engine.scheduler import Scheduler
+from processors.transformers_engine.scheduler import Sequence as Seq
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Failure:
 Output = tuple[str, Step | Failure]  # (request id, what happened)
 
 
-class TorchEngine:
+class TransformersEngine:
     def __init__(
         self,
         model: Any,
@@ -62,7 +62,7 @@ class TorchEngine:
 
     def start(self, on_outputs: Callable[[list[Output]], None]) -> None:
         self._on_outputs = on_outputs
-        self._thread = threading.Thread(target=self._run, name="torch-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="transformers-engine", daemon=True)
         self._thread.start()
 
     def submit(self, request: GenerationRequest) -> None:
@@ -113,7 +113,7 @@ class TorchEngine:
                         self._on_outputs(outputs)
         except BaseException as exc:  # a bug or a dead device: nothing more can be served
             self.fatal_error = exc
-            log.exception("the torch engine stopped")
+            log.exception("the transformers engine stopped")
             self._fail_all(f"the engine stopped: {exc}")
 
     def _fail_all(self, message: str) -> None:

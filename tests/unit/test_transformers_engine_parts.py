@@ -1,4 +1,4 @@
-"""The torch engine's pure parts: incremental detokenizer, sampler and scheduler."""
+"""The transformers engine's pure parts: incremental detokenizer, sampler and scheduler."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from processors.base import SamplingParams
-from processors.torch_engine.detokenizer import IncrementalDetokenizer
-from processors.torch_engine.sampler import SamplingRow, sample
-from processors.torch_engine.scheduler import Scheduler, Sequence, SlotMove
+from processors.transformers_engine.detokenizer import IncrementalDetokenizer
+from processors.transformers_engine.sampler import SamplingRow, sample
+from processors.transformers_engine.scheduler import Scheduler, Sequence, SlotMove
 
 
 class ByteTokenizer:

@@ -1,4 +1,4 @@
-"""Builds a TorchEngine from a model folder: device, dtype, the model, and a KV cache that fits.
+"""Builds a TransformersEngine from a model folder: device, dtype, the model, and a KV cache that fits.
 
 CUDA when torch sees a GPU, else the CPU. `--dtype auto` means the checkpoint's half precision
 on a GPU and float32 on the CPU, where half-precision matmuls are slow or missing.
@@ -15,8 +15,8 @@ import psutil
 import torch
 
 from processors.settings import EngineSettings
-from processors.torch_engine.engine import TorchEngine
-from processors.torch_engine.kv_cache import SlotKVCache
+from processors.transformers_engine.engine import TransformersEngine
+from processors.transformers_engine.kv_cache import SlotKVCache
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class EngineConfigError(ValueError):
 
 @dataclass(frozen=True)
 class LoadedEngine:
-    engine: TorchEngine
+    engine: TransformersEngine
     device: torch.device
     dtype: torch.dtype
     max_model_len: int
@@ -82,7 +82,7 @@ def load_engine(settings: EngineSettings, tokenizer: Any) -> LoadedEngine:
     except OSError:  # no generation_config.json
         generation = None
     eos = _eos_token_ids(generation, config, tokenizer)
-    engine = TorchEngine(model, tokenizer, cache, eos, extra.get("max_prefill_tokens", 4096))
+    engine = TransformersEngine(model, tokenizer, cache, eos, extra.get("max_prefill_tokens", 4096))
     log.info(
         "transformers engine: %s on %s, %d slots of %d tokens", dtype, device, num_slots, max_len
     )

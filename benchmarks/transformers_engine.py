@@ -7,8 +7,8 @@ continuous-batching manager (`generate_batch`), the alternative to our own sched
 it implies (weight bytes read per token x tokens/s), to hold against the device's peak: on a
 GPU, run it on `--models llama-1b` (about one billion parameters, float16).
 
-    python -m benchmarks.torch_engine [--models demo llama-8x1024] [--max-tokens 128]
-    python -m benchmarks.torch_engine --models llama-1b --decode-bandwidth
+    python -m benchmarks.transformers_engine [--models demo llama-8x1024] [--max-tokens 128]
+    python -m benchmarks.transformers_engine --models llama-1b --decode-bandwidth
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_serving import load_tokenizer, random_prompts, run, summarize
+from benchmarks.random_llama import ONE_BILLION, LlamaShape, write_random_llama
 from benchmarks.servers import EngineSettings, running_server
 from models.cache import cache_dir
 from models.demo import ensure_demo_model
-from models.random_llama import ONE_BILLION, LlamaShape, write_random_llama
 
 MODELS = {
     "demo": ensure_demo_model,
@@ -82,7 +82,7 @@ def time_batch1_decode(path: Path, max_tokens: int) -> None:
     from models.tokenizer import load_tokenizer
     from processors.base import GenerationRequest, SamplingParams
     from processors.settings import EngineSettings
-    from processors.torch_engine.loader import load_engine
+    from processors.transformers_engine.loader import load_engine
 
     tokenizer = load_tokenizer(path)
     loaded = load_engine(EngineSettings(model_path=str(path), max_num_seqs=1), tokenizer)
