@@ -1,4 +1,4 @@
-"""Builds a TransformersEngine from a model folder: device, dtype, the model, and a KV cache that fits.
+"""Builds a TransformersEngine from a model folder: device, dtype, model, a KV cache that fits.
 
 CUDA when torch sees a GPU, else the CPU. `--dtype auto` means the checkpoint's half precision
 on a GPU and float32 on the CPU, where half-precision matmuls are slow or missing.
