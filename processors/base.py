@@ -152,6 +152,11 @@ class LlmProcessor(Processor, Protocol):
 
     async def abort(self, request_id: str) -> None: ...
 
+    def check_sampling(self, sampling: SamplingParams) -> None:
+        """Raises ProcessorInputError, saying why, for sampling values this engine does not
+        accept, so they are refused before any engine request starts."""
+        ...
+
 
 class RawProcessor(Processor, Protocol):
     """A processor that answers raw request bodies (the platform's custom processors)."""

@@ -7,6 +7,7 @@ output batches into one asyncio queue per request on the server's event loop.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
@@ -18,12 +19,46 @@ from processors.base import (
     ProcessorError,
     ProcessorInputError,
     ProcessorStats,
+    SamplingParams,
     Step,
 )
 from processors.settings import EngineSettings
 
 if TYPE_CHECKING:
     from processors.transformers_engine.engine import TransformersEngine
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def sampling_problem(sampling: SamplingParams, vocab_size: int) -> str | None:
+    """What our engine's sampler cannot do with these values, or None."""
+    finite = {
+        "temperature": sampling.temperature,
+        "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty,
+        "repetition_penalty": sampling.repetition_penalty,
+    }
+    for name, value in finite.items():
+        if not math.isfinite(value):
+            return f"{name} must be a finite number, got {value}"
+    if sampling.temperature < 0:
+        return f"temperature must be 0 or more, got {sampling.temperature}"
+    if not 0 < sampling.top_p <= 1:
+        return f"top_p must be in (0, 1], got {sampling.top_p}"
+    if sampling.top_k < 0:
+        return f"top_k must be 0 (no limit) or more, got {sampling.top_k}"
+    if not 0 <= sampling.min_p <= 1:
+        return f"min_p must be in [0, 1], got {sampling.min_p}"
+    if sampling.repetition_penalty <= 0:
+        return f"repetition_penalty must be positive, got {sampling.repetition_penalty}"
+    if sampling.seed is not None and not SEED_RANGE[0] <= sampling.seed <= SEED_RANGE[1]:
+        return f"seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {sampling.seed}"
+    if any(not stop for stop in sampling.stop):
+        return "stop strings must not be empty"
+    if sampling.logprobs is not None and not 0 <= sampling.logprobs <= vocab_size:
+        return f"logprobs must be between 0 and the vocabulary size {vocab_size}"
+    return None
 
 
 def supported_architectures() -> set[str]:
@@ -83,6 +118,7 @@ class TransformersProcessor:
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Step, None]:
         engine = self._running_engine()
+        self.check_sampling(request.sampling)
         self._check_input(request)
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request.request_id] = stream
@@ -99,6 +135,11 @@ class TransformersProcessor:
             del self._streams[request.request_id]
             if not finished:  # closed early: a client left or the request timed out
                 engine.abort(request.request_id)
+
+    def check_sampling(self, sampling: SamplingParams) -> None:
+        problem = sampling_problem(sampling, len(self.info.tokenizer))
+        if problem is not None:
+            raise ProcessorInputError(problem)
 
     def _check_input(self, request: GenerationRequest) -> None:
         vocab = len(self.info.tokenizer)

@@ -24,6 +24,8 @@ from processors.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def supported_architectures() -> set[str]:
     from vllm import ModelRegistry
@@ -115,11 +117,27 @@ class VllmProcessor:
 
         return LatestSchedulerStats(vllm_config, engine_index)
 
+    def check_sampling(self, sampling: SamplingParams) -> None:
+        from vllm.exceptions import VLLMClientError
+
+        if sampling.seed is not None and not INT64_MIN <= sampling.seed <= INT64_MAX:
+            # What `vllm serve` accepts; a larger one fails in the engine's transport.
+            raise ProcessorInputError(
+                f"seed must be between {INT64_MIN} and {INT64_MAX}, got {sampling.seed}"
+            )
+        try:
+            _to_vllm_sampling(sampling)  # vLLM's own checks of every value
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise ProcessorInputError(str(exc)) from exc
+
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[Step, None]:
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
 
-        params = _to_vllm_sampling(request.sampling, request.stream_interval)
+        try:
+            params = _to_vllm_sampling(request.sampling, request.stream_interval)
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise ProcessorInputError(str(exc)) from exc
         prompt = self._engine_input(list(request.prompt_token_ids))
         outputs = self._engine.generate(prompt, params, request.request_id)
         num_prompt_tokens = len(request.prompt_token_ids)

@@ -6,6 +6,10 @@ let in receives the service the lifecycle built when the model was loaded (what 
 the model's info, its prompt builder, the generation runner) in `scope["state"]["service"]`.
 A WebSocket connection is not a request: it is refused only while nothing is served, and each of
 its messages is admitted and counted like a request by its handler.
+
+The bound counts engine requests, not HTTP requests: a request weighs what it asks of the
+engine (a completions request with several prompts and `n` choices makes prompts x n engine
+requests). It enters weighing 1, and its route weighs it once the body says more (`weigh`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,20 @@ from runtime.metrics import Metrics
 from runtime.phase import LOADED_PHASES, Phase, ServingStatus
 
 SERVICE_KEY = "service"
+TICKET_KEY = "admission_ticket"
+
+
+class Ticket:
+    """One request's place in flight: what it weighs."""
+
+    __slots__ = ("_admission", "weight")
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self.weight = 1
+
+    def weigh(self, weight: int) -> None:
+        self._admission.weigh(self, weight)
 
 
 class Admission:
@@ -31,9 +49,10 @@ class Admission:
         self._status = status
         self._metrics = metrics
         self._max_waiting = max_waiting
-        self.limit: int | None = None  # in flight at most; set when the model is loaded
+        self.limit: int | None = None  # engine requests in flight at most; set on loading
         self.service: Any = None  # what routes need; set when the model is loaded
-        self.num_in_flight = 0
+        self.num_in_flight = 0  # requests (HTTP, WebSocket messages, queued items)
+        self.num_engine_requests = 0  # what they weigh
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -53,11 +72,31 @@ class Admission:
                 message = f"the service is not ready: {phase.value}"
             self._metrics.rejections.labels("not_ready").inc()
             return ApiError(ErrorKind.UNAVAILABLE, message), {"Retry-After": "5"}
-        if bounded and self.limit is not None and self.num_in_flight >= self.limit:
-            self._metrics.rejections.labels("queue_full").inc()
-            message = f"the server is at its limit of {self.limit} requests in flight; retry later"
-            return ApiError(ErrorKind.OVERLOADED, message), {"Retry-After": "1"}
+        if bounded and self.limit is not None and self.num_engine_requests >= self.limit:
+            return self._full()
         return None
+
+    def _full(self) -> tuple[ApiError, dict[str, str]]:
+        self._metrics.rejections.labels("queue_full").inc()
+        message = f"the server is at its limit of {self.limit} requests in flight; retry later"
+        return ApiError(ErrorKind.OVERLOADED, message), {"Retry-After": "1"}
+
+    def weigh(self, ticket: Ticket, weight: int) -> None:
+        """The request holding `ticket` makes `weight` engine requests: it stays admitted if they
+        fit within the bound with everything else in flight, else ApiError 429 (400 if they
+        could never fit)."""
+        if self.limit is not None and weight > self.limit:
+            raise ApiError(
+                ErrorKind.BAD_REQUEST,
+                f"this request asks for {weight} completions at once (prompts x n), more than "
+                f"this server runs and queues together ({self.limit}); send fewer per request",
+            )
+        others = self.num_engine_requests - ticket.weight
+        if self.limit is not None and others + weight > self.limit:
+            error, _ = self._full()
+            raise error
+        self.num_engine_requests = others + weight
+        ticket.weight = weight
 
     def readable(self) -> tuple[ApiError, dict[str, str]] | None:
         """Why what is served cannot be read now (before the model is loaded), or None."""
@@ -67,14 +106,17 @@ class Admission:
         return ApiError(ErrorKind.UNAVAILABLE, message), {"Retry-After": "5"}
 
     @contextmanager
-    def admitted(self) -> Iterator[None]:
+    def admitted(self) -> Iterator[Ticket]:
         """Count a request in flight while the block runs."""
+        ticket = Ticket(self)
         self.num_in_flight += 1
+        self.num_engine_requests += ticket.weight
         self._idle.clear()
         try:
-            yield
+            yield ticket
         finally:
             self.num_in_flight -= 1
+            self.num_engine_requests -= ticket.weight
             if self.num_in_flight == 0:
                 self._idle.set()
 
@@ -90,6 +132,16 @@ class Admission:
 def admitted_service(connection: HTTPConnection) -> Any:
     """The service the gate handed this request (a route dependency)."""
     return connection.scope["state"][SERVICE_KEY]
+
+
+def weigh(request: HTTPConnection | None, weight: int) -> None:
+    """The request makes `weight` engine requests (see Admission.weigh); a request from the
+    queue or the warm-up file has no ticket and nothing to weigh against."""
+    if request is None or weight == 1:
+        return
+    ticket = request.scope.get("state", {}).get(TICKET_KEY)
+    if ticket is not None:
+        ticket.weigh(weight)
 
 
 class AdmissionMiddleware:
@@ -120,9 +172,11 @@ class AdmissionMiddleware:
         if refusal is not None:
             await refuse(scope, send, *refusal)
             return
-        scope.setdefault("state", {})[SERVICE_KEY] = admission.service
+        state = scope.setdefault("state", {})
+        state[SERVICE_KEY] = admission.service
         if is_websocket or not is_work:
             await self.app(scope, receive, send)
             return
-        with admission.admitted():
+        with admission.admitted() as ticket:
+            state[TICKET_KEY] = ticket
             await self.app(scope, receive, send)

@@ -1,6 +1,9 @@
-"""Refuses bodies larger than the limit (413) before they are read into memory and parsed."""
+"""Limits on a request body: its size (413, before it is read into memory and parsed) and the
+time it takes to arrive (408: a client that stops sending does not hold a request for ever)."""
 
 from __future__ import annotations
+
+import asyncio
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -10,9 +13,10 @@ from runtime.errors import ApiError, ErrorKind
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, read_timeout: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -24,18 +28,32 @@ class BodyLimitMiddleware:
                 await send_error(send, self.too_large(int(value)))
                 return
         received = 0
+        deadline: float | None = None  # set when the app first asks for the body
+        complete = False
+        loop = asyncio.get_running_loop()
 
-        async def counting_receive() -> Message:
+        async def limited_receive() -> Message:
             # Bodies without a Content-Length (chunked) are counted as they arrive.
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, complete
+            if complete:  # the body is in: what comes now is the disconnect, whenever
+                return await receive()
+            if deadline is None:
+                deadline = loop.time() + self.read_timeout
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                raise HTTPException(
+                    408,
+                    f"the request body did not arrive within {self.read_timeout:g} s",
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise HTTPException(413, self.too_large(received).message)
+                complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, counting_receive, send)
+        await self.app(scope, limited_receive, send)
 
     def too_large(self, size: int) -> ApiError:
         return ApiError(

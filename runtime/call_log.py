@@ -12,6 +12,7 @@ Headers are never recorded (the token travels there), and the token is redacted 
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -168,7 +169,9 @@ class CallLog:
         self._handler: RotatingFileHandler | None = None
         self._thread: threading.Thread | None = None
         # The token as it stands in a JSON string too (escaped), wherever a client put it.
-        self._secrets = sorted({token, orjson.dumps(token).decode()[1:-1]}) if token else []
+        self._secrets = (
+            sorted({token, json.dumps(token, ensure_ascii=False)[1:-1]}) if token else []
+        )
 
     def open(self) -> None:
         """Open the file (an unwritable path fails here, at start) and start the writer."""
@@ -211,7 +214,8 @@ class CallLog:
         self._thread = None
 
     def line(self, call: CallRecord) -> str:
-        text = orjson.dumps(call.to_dict()).decode()
+        # The standard library, not orjson: a client's integers beyond 64 bits stay exact.
+        text = json.dumps(call.to_dict(), ensure_ascii=False, separators=(",", ":"))
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
         return text
@@ -284,8 +288,8 @@ def _first_finish_reason(outputs: list[_Output]) -> str | None:
 def _body(raw: bytes) -> Any:
     """A JSON body as JSON (so jq can reach into it), anything else as text."""
     try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        document = json.loads(raw)  # orjson would turn integers beyond 64 bits into floats
+    except (ValueError, RecursionError):
         return _text(raw)
     return document if isinstance(document, dict | list) else _text(raw)
 

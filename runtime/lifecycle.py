@@ -26,7 +26,7 @@ from runtime.app import ServedApp, ServingParts
 from runtime.config import ConfigError
 from runtime.drain import EXIT_ENGINE_FAILED, EXIT_OK, DrainController
 from runtime.host import ensure_shared_memory, gpu_facts, resource_shortfalls, wanted_shm_bytes
-from runtime.http_server import HttpServer
+from runtime.http_server import HttpServer, protocol_with_header_timeout
 from runtime.phase import Phase
 from runtime.prepare import (
     PrepareError,
@@ -70,7 +70,8 @@ class Lifecycle:
                 port=config.server.port,
                 log_config=None,  # keep the runtime's logging set-up
                 access_log=False,
-                timeout_keep_alive=30,
+                http=protocol_with_header_timeout(config.lifecycle.request_read_timeout),
+                timeout_keep_alive=config.lifecycle.timeout_keep_alive,
                 # Requests are drained before the server is told to exit; this only bounds
                 # connections that are stuck.
                 timeout_graceful_shutdown=5,

@@ -25,6 +25,8 @@ class PromptBuilder:
             log.warning("the model has no chat template; chat prompts use a plain fallback")
 
     def render_chat(self, messages: Sequence[Message]) -> str:
+        for index, message in enumerate(messages):
+            check_encodable(message["content"], f"messages.{index}.content")
         if not self._has_template:
             return _fallback_template(messages)
         try:
@@ -39,7 +41,8 @@ class PromptBuilder:
         # The template already wrote any BOS token, so the tokenizer must not add another.
         return self._tokenizer.encode(self.render_chat(messages), add_special_tokens=False)
 
-    def encode_text(self, text: str) -> list[int]:
+    def encode_text(self, text: str, field: str = "prompt") -> list[int]:
+        check_encodable(text, field)
         return self._tokenizer.encode(text, add_special_tokens=True)
 
     def check_token_ids(self, token_ids: Sequence[int], field: str = "prompt") -> None:
@@ -78,6 +81,20 @@ class PromptBuilder:
                 param=field,
             )
         return requested
+
+
+def check_encodable(text: str, field: str) -> None:
+    """Text a tokenizer can take: JSON lets a lone surrogate (e.g. "\\ud800") through, and
+    no UTF-8 encoding exists for it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        character = text[exc.start]
+        raise bad_request(
+            f"{field}: the text holds a lone surrogate (\\u{ord(character):04x}) at position "
+            f"{exc.start}, which is not a character and cannot be encoded",
+            param=field,
+        ) from None
 
 
 def text_of(content: Any, field: str = "content") -> str:

@@ -45,6 +45,10 @@ def parse_chatllm_body(body: bytes, content_type: str) -> tuple[ChatLLMRequest, 
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise bad_request("a plain-text body must be UTF-8") from exc
+        if not text.strip():
+            raise bad_request(
+                "the body is empty: send the prompt as text, or a JSON object with a 'prompt'"
+            )
         return ChatLLMRequest(prompt=text), True
     try:
         return ChatLLMRequest.model_validate(document), False
@@ -69,7 +73,7 @@ def prepare_chat(service: LlmService, chat: ChatLLMRequest) -> tuple[list[int], 
     max_tokens = service.prompts.budget(
         len(prompt_ids), chat.max_new_tokens, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS
     )
-    return prompt_ids, chat.sampling(max_tokens)
+    return prompt_ids, service.check_sampling(chat.sampling(max_tokens))
 
 
 class ChatLLM:

@@ -42,7 +42,8 @@ def health_router(
         if status.phase in (Phase.READY, Phase.DRAINING):
             stats = processor.stats()
             body.update(
-                num_in_flight=admission.num_in_flight,
+                num_in_flight=admission.num_in_flight,  # requests
+                num_engine_requests=admission.num_engine_requests,  # what they weigh
                 num_running=stats.num_running,
                 num_waiting=stats.num_waiting,
                 kv_cache_usage=stats.kv_cache_usage,

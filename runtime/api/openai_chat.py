@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from processors.base import TokenLogprob
+from runtime.admission import weigh
 from runtime.api.disconnect import unless_disconnected
 from runtime.api.framing import (
     SSE_DONE,
@@ -79,7 +80,9 @@ async def answer_chat(
     field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     max_tokens = service.prompts.budget(len(prompt_ids), requested, field)
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    sampling = body.sampling(max_tokens, logprobs)
+    sampling = service.check_sampling(body.sampling(max_tokens, logprobs))
+    service.limits.check(1, body.n)
+    weigh(request, body.n)
     request_id = new_request_id("chatcmpl")
     head = {"id": request_id, "created": int(time.time()), "model": model}
     runner = service.runner

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from processors.base import TokenLogprob
+from runtime.admission import weigh
 from runtime.api.disconnect import unless_disconnected
 from runtime.api.framing import (
     SSE_DONE,
@@ -33,6 +34,14 @@ from runtime.prompting import PromptBuilder
 from runtime.service import AdmittedLlm, LlmService
 
 
+def num_prompts(body: CompletionRequest) -> int:
+    """Prompts in the request: one string or one list of token ids is one prompt."""
+    value = body.prompt
+    if isinstance(value, str) or all(isinstance(item, int) for item in value):
+        return 1
+    return len(value)
+
+
 def prompt_token_ids(prompts: PromptBuilder, prompt: CompletionRequest) -> list[list[int]]:
     """Token ids of each prompt: a string, strings, token ids, or lists of token ids."""
     value = prompt.prompt
@@ -42,7 +51,7 @@ def prompt_token_ids(prompts: PromptBuilder, prompt: CompletionRequest) -> list[
         prompts.check_token_ids(value)  # type: ignore[arg-type]
         return [list(value)]  # type: ignore[arg-type]
     if all(isinstance(item, str) for item in value):
-        return [prompts.encode_text(item) for item in value]  # type: ignore[arg-type]
+        return [prompts.encode_text(text, f"prompt.{i}") for i, text in enumerate(value)]  # type: ignore[arg-type]
     if all(isinstance(item, list) for item in value):
         for item in value:
             prompts.check_token_ids(item)  # type: ignore[arg-type]
@@ -69,12 +78,14 @@ async def answer_completion(
 ) -> Response:
     """The completion, streamed or whole (stopped when `request`'s client leaves)."""
     model = check_model(service, body)
+    service.limits.check(num_prompts(body), body.n)  # before any prompt is tokenized
     prompts = prompt_token_ids(service.prompts, body)
     longest = max(len(ids) for ids in prompts)
     if any(not ids for ids in prompts):
         raise bad_request("prompt must not be empty", "prompt")
     max_tokens = service.prompts.budget(longest, body.max_tokens, "max_tokens")
-    sampling = body.sampling(max_tokens, body.logprobs)
+    sampling = service.check_sampling(body.sampling(max_tokens, body.logprobs))
+    weigh(request, len(prompts) * body.n)
     request_id = new_request_id("cmpl")
     head = {
         "id": request_id,

@@ -22,9 +22,10 @@ class _Body(BaseModel):
 
 
 def stop_tuple(stop: Stop) -> tuple[str, ...]:
+    """The stop strings; an empty one stops nothing, so it is left out."""
     if stop is None:
         return ()
-    return (stop,) if isinstance(stop, str) else tuple(s for s in stop if s)
+    return tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
 
 
 class OpenAISampling(_Body):

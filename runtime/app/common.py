@@ -3,6 +3,7 @@ call records, the error mapping and the admission gate."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from processors.base import Processor
@@ -33,6 +35,8 @@ from runtime.errors import (
 from runtime.metrics import HttpMetricsMiddleware, Metrics
 from runtime.phase import ServingStatus
 from runtime.queue.workers import QueueWorkers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,12 @@ def build_app(
             open_paths=open_paths,
             open_pages=_paths([pages]) if pages is not None else (),
         )
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.lifecycle.max_body_bytes)
+    lifecycle = config.lifecycle
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=lifecycle.max_body_bytes,
+        read_timeout=lifecycle.request_read_timeout,
+    )
     routes = frozenset(getattr(route, "path", "") for route in app.routes)
     app.add_middleware(HttpMetricsMiddleware, metrics=parts.metrics, routes=routes)
     if parts.call_log is not None:
@@ -130,6 +139,19 @@ def _add_error_handlers(app: FastAPI) -> None:
         error = ApiError(kind, f"{request.method} {request.url.path}: {detail}")
         return json_response({"error": {**error.body()["error"], "code": status}}, status)
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        # The client left while sending its request: not the server's fault, and nothing to
+        # answer. Recorded as 499, one line, no traceback (a handler of its own keeps it from
+        # Starlette's error middleware, which would log one).
+        log.info(
+            "%s %s: the client left before its request arrived whole",
+            request.method,
+            request.url.path,
+        )
+        error = ApiError(ErrorKind.CLIENT_CLOSED, "the client left before its request arrived")
+        return json_response(error.body(), error.status)
+
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)

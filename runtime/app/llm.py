@@ -23,7 +23,7 @@ from runtime.app.common import ServingParts, build_app
 from runtime.errors import ApiError
 from runtime.generation import GenerationRunner
 from runtime.model_source import check_model
-from runtime.service import LlmService
+from runtime.service import LlmService, RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ class LlmApp:
             info.max_model_len,
             info.name,
         )
-        return LlmService.loaded(info, self.runner)
+        lifecycle = self.parts.config.lifecycle
+        limits = RequestLimits(lifecycle.max_prompts_per_request, lifecycle.max_choices_per_request)
+        return LlmService.loaded(self.processor, self.runner, limits)
 
     def answers(self, service: LlmService) -> dict[str, Answer]:
         """Each POST route's answer to a body, as bytes and a status, for requests that come

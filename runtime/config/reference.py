@@ -1,5 +1,6 @@
 """The README's table of settings, made from their declarations:
-`python -m runtime.config.reference` prints it (a test checks the README holds it as printed)."""
+`python -m runtime.config.reference` prints it, `--update README.md` puts it in place (a test
+checks the README holds it as printed)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,18 @@ def _default(value: Any) -> str:
     return f"`{value}`"
 
 
+def with_table(document: str) -> str:
+    """`document` with the text between the markers replaced by the current table."""
+    start, end = document.index(BEGIN) + len(BEGIN), document.index(END)
+    return f"{document[:start]}\n{settings_table()}\n{document[end:]}"
+
+
 if __name__ == "__main__":
-    print(BEGIN)
-    print(settings_table())
-    print(END)
+    import sys
+    from pathlib import Path
+
+    if sys.argv[1:2] == ["--update"]:
+        path = Path(sys.argv[2])
+        path.write_text(with_table(path.read_text()))
+    else:
+        print(f"{BEGIN}\n{settings_table()}\n{END}")

@@ -12,7 +12,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from processors.declaration import SKIP, JsonKey, Read, at_least, declared, non_negative, one_of
+from processors.declaration import (
+    SKIP,
+    JsonKey,
+    Read,
+    at_least,
+    declared,
+    non_negative,
+    one_of,
+    positive,
+)
 from processors.registry import PROCESSOR_NAMES
 from processors.settings import CustomSettings, EngineSettings
 
@@ -176,7 +185,7 @@ class LifecycleConfig:
             JsonKey("metadata.rpc.keepalive", _milliseconds, note="ms"),
             JsonKey("rpc.keepalive", _milliseconds, note="ms"),
         ],
-        check=lambda value: None if value is None or value > 0 else "must be positive",
+        check=positive,
     )
     max_queue_size: int | None = declared(
         None,
@@ -185,8 +194,24 @@ class LifecycleConfig:
         json=["metadata.rpc.max_queue_size", "rpc.max_queue_size"],
         check=non_negative,
     )
+    max_prompts_per_request: int = declared(
+        256, "prompts one completions request may hold (400 beyond)", check=at_least(1)
+    )
+    max_choices_per_request: int = declared(
+        256,
+        "completions one request may ask for, prompts x n (400 beyond); each counts in flight",
+        check=at_least(1),
+    )
     max_body_bytes: int = declared(
         1 << 20, "largest request body accepted (413 beyond)", check=at_least(1)
+    )
+    request_read_timeout: float = declared(
+        60.0,
+        "seconds a client has to send its request's headers, and again its body (408 beyond)",
+        check=positive,
+    )
+    timeout_keep_alive: int = declared(
+        30, "seconds an idle connection stays open between requests", check=positive
     )
     warm_up_path: str | None = declared(
         None,
@@ -300,7 +325,7 @@ class QueueConfig:
         24 * 3600.0,
         "seconds a finished result stays readable at /sink",
         name="queue_result_ttl",
-        check=lambda value: None if value > 0 else "must be positive",
+        check=positive,
     )
 
 

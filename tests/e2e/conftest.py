@@ -6,7 +6,6 @@ with no model path, so it serves the built-in demo model on the real vLLM engine
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -14,7 +13,9 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import requests
 TOKEN = "e2e-secret-token"
 SERVICE_NAME = "demo-chat"
 READY_TIMEOUT_S = 600
+HOLD_TIMEOUT_S = 120  # the longest a test holds a request body back
 CALL_LOG = "calls.jsonl"  # in the session server's folder
 EOS = "<EOS>"
 
@@ -151,46 +153,30 @@ def engine_core(server: Server) -> psutil.Process:
     )
 
 
-@contextlib.contextmanager
-def engine_paused(server: Server):
-    """vLLM's engine core is frozen (SIGSTOP) while the server, in its own process, admits
-    requests: none can finish before all are in flight, however loaded the machine is, so the
-    tests that need N requests in flight at once do not depend on timing. Resumed on leaving."""
-    core = engine_core(server)
-    core.suspend()
-    try:
-        yield
-    finally:
-        core.resume()
+def held_body(body: dict, release: threading.Event) -> Iterator[bytes]:
+    """A JSON body sent in two parts, the second once `release` is set: until then the request
+    is in flight on the server (its headers are in, so it is admitted and counted) but cannot
+    start, however fast the engine and however slow the client's machine."""
+    data = json.dumps(body).encode()
+    yield data[:1]
+    release.wait(HOLD_TIMEOUT_S)
+    yield data[1:]
 
 
-def requests_waiting(port: int) -> int:
-    """Connections to `port` on loopback whose request bytes wait in the kernel, unread."""
-    waiting = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        _, local, _, state, queues, *_ = line.split()
-        established = state == "01"
-        if established and int(local.split(":")[1], 16) == port and int(queues[9:], 16) > 0:
-            waiting += 1
-    return waiting
+GATED = Path(__file__).resolve().parents[1] / "fixtures" / "processors" / "gated.py"
 
 
-@contextlib.contextmanager
-def arriving_together(server: Server, count: int):
-    """The whole server is frozen (SIGSTOP) while the block sends `count` requests; it wakes
-    once the kernel holds them all, so the engine takes them in at once, whatever the engine
-    and however slowly a loaded client sent them."""
-    process = psutil.Process(server.process.pid)
-    port = int(server.url.rsplit(":", 1)[1])
-    process.suspend()
-    try:
-        yield
-        deadline = time.monotonic() + 60
-        while requests_waiting(port) < count:
-            assert time.monotonic() < deadline, f"{count} requests were not sent within 60 s"
-            time.sleep(0.05)  # polling the kernel's queues with a deadline
-    finally:
-        process.resume()
+@dataclass
+class Gate:
+    """The gated test processor's gate (tests/fixtures/processors/gated.py)."""
+
+    path: Path
+
+    def server_args(self) -> list[str]:
+        return ["--processor-entry", str(GATED), "--model-config", str(self.path)]
+
+    def open(self) -> None:
+        self.path.touch()
 
 
 def assert_children_gone(children: list[psutil.Process]) -> None:

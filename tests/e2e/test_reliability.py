@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -20,43 +21,47 @@ import requests
 
 from tests.e2e.conftest import (
     EOS,
+    Gate,
     Server,
-    arriving_together,
     assert_children_gone,
     close_code,
     engine_children,
     engine_core,
-    engine_paused,
+    held_body,
 )
 
 DEADLINE_S = 120
 
 
-def completion_stream(
-    server: Server, max_tokens: int, start_reading: threading.Event | None = None
-) -> dict:
-    """Stream /v1/completions; what arrived: tokens, chunks, a final error, [DONE].
+def post(server: Server, path: str, body: dict, hold: threading.Event | None, **kwargs):
+    """POST a JSON body; with `hold`, its second part is sent only once `hold` is set, so the
+    request is in flight until then (see held_body)."""
+    headers = server.headers(**{"content-type": "application/json"})
+    data = held_body(body, hold) if hold is not None else json.dumps(body)
+    return requests.post(
+        f"{server.url}{path}", data=data, headers=headers, timeout=DEADLINE_S, **kwargs
+    )
 
-    With `start_reading`, the stream is opened, then read only once the event is set: a client
-    busy parsing would delay the other requests' arrival on these 2 cores.
-    """
-    prompt = "Tell me a story"
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+
+def completion_stream(
+    server: Server,
+    max_tokens: int,
+    hold: threading.Event | None = None,
+    begun: threading.Semaphore | None = None,
+) -> dict:
+    """Stream /v1/completions; what arrived: tokens, chunks, a final error, [DONE]. `begun` is
+    released once the first chunk has arrived."""
+    body = {"prompt": "Tell me a story", "max_tokens": max_tokens, "temperature": 0}
+    body["stream"] = True
     result = {"status": None, "tokens": 0, "error": None, "done": False}
-    with requests.post(
-        f"{server.url}/v1/completions",
-        json=body,
-        headers=server.headers(),
-        stream=True,
-        timeout=DEADLINE_S,
-    ) as response:
+    with post(server, "/v1/completions", body, hold, stream=True) as response:
         result["status"] = response.status_code
         if response.status_code != 200:
             result["error"] = response.json()["error"]
             return result
-        if start_reading is not None:
-            start_reading.wait(DEADLINE_S)
         for line in response.iter_lines():
+            if begun is not None and result["tokens"] == 0 and line.startswith(b"data: {"):
+                begun.release()
             if line == b"data: [DONE]":
                 result["done"] = True
             elif line.startswith(b"data: "):
@@ -66,20 +71,10 @@ def completion_stream(
     return result
 
 
-def chatllm_stream(
-    server: Server, max_tokens: int, start_reading: threading.Event | None = None
-) -> dict:
-    body = {
-        "prompt": "Hello",
-        "max_new_tokens": max_tokens,
-        "use_stream_chat": True,
-        "do_sample": False,
-    }
-    with requests.post(
-        f"{server.url}/", json=body, headers=server.headers(), stream=True, timeout=DEADLINE_S
-    ) as response:
-        if start_reading is not None:
-            start_reading.wait(DEADLINE_S)
+def chatllm_stream(server: Server, max_tokens: int, hold: threading.Event | None = None) -> dict:
+    body = {"prompt": "Hello", "max_new_tokens": max_tokens, "use_stream_chat": True}
+    body["do_sample"] = False
+    with post(server, "/", body, hold, stream=True) as response:
         records = [json.loads(r) for r in response.iter_lines(delimiter=b"\0") if r]
     last = records[-1]
     return {
@@ -89,16 +84,11 @@ def chatllm_stream(
     }
 
 
-def chat_whole(server: Server, max_tokens: int, _: threading.Event | None = None) -> dict:
+def chat_whole(server: Server, max_tokens: int, hold: threading.Event | None = None) -> dict:
     """A non-streaming chat completion: its thread just waits, costing the client nothing."""
-    body = {
-        "messages": [{"role": "user", "content": "Hi"}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-    }
-    response = requests.post(
-        f"{server.url}/v1/chat/completions", json=body, headers=server.headers(), timeout=DEADLINE_S
-    )
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": max_tokens}
+    body["temperature"] = 0
+    response = post(server, "/v1/chat/completions", body, hold)
     payload = response.json()
     return {
         "status": response.status_code,
@@ -107,16 +97,12 @@ def chat_whole(server: Server, max_tokens: int, _: threading.Event | None = None
     }
 
 
-def websocket_chat(
-    server: Server, max_tokens: int, start_reading: threading.Event | None = None
-) -> dict:
+def websocket_chat(server: Server, max_tokens: int) -> dict:
     """A ChatLLM answer over WebSocket; a draining server then closes with 1001 (going away).
     Its token count is in the call log (streamed steps may carry several tokens each)."""
     ws = server.websocket()
     try:
         ws.send(json.dumps({"prompt": "Hello", "max_new_tokens": max_tokens, "do_sample": False}))
-        if start_reading is not None:
-            start_reading.wait(DEADLINE_S)
         messages = []
         while (message := ws.recv()) != EOS:
             messages.append(message)
@@ -165,57 +151,64 @@ def sigterm_then_refused(server: Server) -> None:
 
 
 def test_sigterm_drains_every_kind_of_request_to_completion(launch, tmp_path):
+    """The one drain test on the real vLLM engine: 24 HTTP requests held in flight by their
+    bodies, and 4 WebSocket answers generating, when SIGTERM comes; all finish whole."""
     call_log = tmp_path / "calls.jsonl"
     server = launch("--grace-period", "90", "--max-num-seqs", "32", "--call-log", str(call_log))
     children = engine_children(server)
-    kinds = [completion_stream] * 12 + [chatllm_stream] * 6 + [chat_whole] * 6
-    kinds += [websocket_chat] * 4
-    max_tokens = 1000
-    start_reading = threading.Event()
+    held = [completion_stream] * 12 + [chatllm_stream] * 6 + [chat_whole] * 6
+    max_tokens, ws_tokens = 300, 1000
+    release = threading.Event()
     idle = server.websocket()  # a connection between messages is not a request in flight
-    with ThreadPoolExecutor(len(kinds)) as pool:
-        with engine_paused(server):  # so all are in flight when the signal comes
-            futures = [pool.submit(kind, server, max_tokens, start_reading) for kind in kinds]
-            wait_for(lambda: in_flight(server) == len(kinds), 60, "all requests in flight")
-            signalled = time.monotonic()
-            sigterm_then_refused(server)
-            assert close_code(idle) == 1001  # at once: it has nothing to finish
-            idle.close()
-        start_reading.set()
+    with ThreadPoolExecutor(len(held) + 4) as pool:
+        futures = [pool.submit(kind, server, max_tokens, release) for kind in held]
+        wait_for(lambda: in_flight(server) == len(held), 60, "the held requests in flight")
+        # Sent last, so they are still generating when the signal comes.
+        answering = [pool.submit(websocket_chat, server, ws_tokens) for _ in range(4)]
+        wait_for(lambda: in_flight(server) == len(held) + 4, 60, "the WebSocket answers")
+        signalled = time.monotonic()
+        sigterm_then_refused(server)
+        assert close_code(idle) == 1001  # at once: it has nothing to finish
+        idle.close()
+        release.set()
         results = [future.result(timeout=DEADLINE_S) for future in futures]
+        spoken = [future.result(timeout=DEADLINE_S) for future in answering]
     code = server.process.wait(timeout=60)
     # Every record was written before the exit: the refused one and all the drained ones.
     records = [json.loads(line) for line in call_log.read_text().splitlines()]
     print(
-        f"\nSIGTERM with {len(kinds)} requests in flight: "
-        f"{sum(r['output_tokens'] == max_tokens for r in records)} completed with all "
-        f"{max_tokens} tokens (call log); exit {code} {time.monotonic() - signalled:.1f} s after "
-        "the signal"
+        f"\nSIGTERM with {len(held) + 4} requests in flight: all finished (call log); exit "
+        f"{code} {time.monotonic() - signalled:.1f} s after the signal"
     )
-    assert [r["status"] for r in results] == [200] * len(kinds)
-    assert [r["error"] for r in results] == [None] * len(kinds)
-    assert [r["tokens"] for r in results if r["tokens"] is not None] == [max_tokens] * 24
-    assert [r["closed"] for r in results if "closed" in r] == [1001] * 4  # after the answer
+    assert [r["status"] for r in results] == [200] * len(held)
+    assert [r["error"] for r in results] == [None] * len(held)
+    assert [r["tokens"] for r in results] == [max_tokens] * len(held)
+    assert [(r["error"], r["closed"]) for r in spoken] == [(None, 1001)] * 4  # after the answer
     assert code == 0
     assert_children_gone(children)
     outcomes = sorted((r["status"], r["output_tokens"], r["method"]) for r in records)
-    assert outcomes == [(200, max_tokens, "POST")] * 24 + [(200, max_tokens, "WEBSOCKET")] * 4 + [
-        (503, None, "POST")
+    assert outcomes == [(200, max_tokens, "POST")] * len(held) + [
+        (200, ws_tokens, "WEBSOCKET")
+    ] * 4 + [(503, None, "POST")]
+
+
+def started_streams(server: Server, count: int, max_tokens: int, pool) -> list:
+    """`count` completion streams, returned once each has its first chunk: all generating."""
+    begun = threading.Semaphore(0)
+    futures = [
+        pool.submit(completion_stream, server, max_tokens, None, begun) for _ in range(count)
     ]
+    for _ in range(count):
+        assert begun.acquire(timeout=DEADLINE_S), "a stream did not begin"
+    return futures
 
 
 def test_when_the_grace_period_ends_open_streams_get_a_final_error(launch):
     server = launch("--grace-period", "1")
     children = engine_children(server)
-    start_reading = threading.Event()
     with ThreadPoolExecutor(8) as pool:
-        with engine_paused(server):
-            futures = [
-                pool.submit(completion_stream, server, 1900, start_reading) for _ in range(8)
-            ]
-            wait_for(lambda: in_flight(server) == 8, 60, "all streams in flight")
-            server.process.send_signal(signal.SIGTERM)
-        start_reading.set()
+        futures = started_streams(server, 8, 1900, pool)  # many seconds of work left
+        server.process.send_signal(signal.SIGTERM)
         results = [future.result(timeout=DEADLINE_S) for future in futures]
     assert server.process.wait(timeout=60) == 0
     for result in results:
@@ -279,33 +272,28 @@ def test_a_request_past_its_timeout_is_408_and_aborted(limited):
     wait_for(lambda: engine_load(limited) == (0, 0), 10, "the engine to be idle")
 
 
-def test_beyond_the_running_set_and_the_queue_requests_get_429_at_once(launch):
-    # The admission bound is the runtime's, whatever the engine; our own engine starts fastest.
-    server = launch("--processor", "transformers", "--max-num-seqs", "4", "--max-queue-size", "2")
-    start_reading = threading.Event()
+def test_beyond_the_running_set_and_the_queue_requests_get_429_at_once(launch, tmp_path):
+    # The admission bound is the runtime's, whatever the processor: the gated test processor
+    # holds its requests (4 in its threads, 2 waiting) until the test opens the gate.
+    gate = Gate(tmp_path / "gate")
+    server = launch(*gate.server_args(), "--worker-threads", "4", "--max-queue-size", "2")
+
+    def call(body: bytes) -> tuple[int, str | None, bytes]:
+        response = requests.post(server.url, data=body, headers=server.headers(), timeout=60)
+        return response.status_code, response.headers.get("retry-after"), response.content
+
     with ThreadPoolExecutor(6) as pool:
-        with arriving_together(server, 6):
-            holders = [
-                pool.submit(completion_stream, server, 1500, start_reading) for _ in range(6)
-            ]
+        holders = [pool.submit(call, b"held %d" % i) for i in range(6)]
         wait_for(lambda: in_flight(server) == 6, 60, "4 running and 2 queued")
-
-        def one(_):
-            response = requests.post(
-                f"{server.url}/v1/completions",
-                headers=server.headers(),
-                json={"prompt": "burst", "max_tokens": 5},
-                timeout=DEADLINE_S,
-            )
-            return response.status_code, response.headers.get("retry-after")
-
         with ThreadPoolExecutor(10) as burst:
-            outcomes = list(burst.map(one, range(10)))
-        assert outcomes == [(429, "1")] * 10
+            outcomes = [status for status, _, _ in burst.map(call, [b"burst"] * 10)]
+        assert outcomes == [429] * 10
+        assert call(b"one more")[:2] == (429, "1")
         assert requests.get(f"{server.url}/ready", timeout=5).status_code == 200
-        start_reading.set()
-        assert [h.result(timeout=DEADLINE_S)["tokens"] for h in holders] == [1500] * 6
-    assert one(0) == (200, None)  # room again once the holders are done
+        gate.open()
+        answers = sorted(holder.result(timeout=DEADLINE_S) for holder in holders)
+    assert answers == [(200, None, b"released held %d" % i) for i in range(6)]
+    assert call(b"after")[::2] == (200, b"released after")  # room again once they are done
 
 
 def disconnects(server: Server) -> float:
@@ -317,8 +305,9 @@ def disconnects(server: Server) -> float:
 def test_clients_that_leave_free_the_engine_at_once(server):
     # ignore_eos: a sampled stream of the random demo model may end early on its own.
     body = {"prompt": "leave", "max_tokens": 2000, "ignore_eos": True, "stream": True}
-
-    def open_stream(_):
+    before = disconnects(server)
+    streams = []
+    for _ in range(4):  # each running (its first chunk read) before the next opens
         response = requests.post(
             f"{server.url}/v1/completions",
             json=body,
@@ -329,26 +318,19 @@ def test_clients_that_leave_free_the_engine_at_once(server):
         assert response.status_code == 200, response.text
         lines = response.iter_lines()  # kept: dropping it would close the connection now
         next(lines)
-        return response, lines
-
-    before = disconnects(server)
-    with ThreadPoolExecutor(16) as pool:
-        with arriving_together(server, 16):
-            opening = [pool.submit(open_stream, i) for i in range(16)]
-        # Started together, 16 streams of 2,000 tokens keep the engine busy for many seconds.
-        streams = [future.result(timeout=DEADLINE_S) for future in opening]
-    assert in_flight(server) == 16, requests.get(f"{server.url}/health", timeout=10).text
+        streams.append((response, lines))
+    assert in_flight(server) == 4, requests.get(f"{server.url}/health", timeout=10).text
     assert sum(engine_load(server)) > 0
     left = time.monotonic()
     for response, _ in streams:
         response.close()
     wait_for(lambda: engine_load(server) == (0, 0), 10, "the engine to be idle")
     print(
-        f"\n16 streams closed by their clients: engine idle after "
+        f"\n4 streams closed by their clients: engine idle after "
         f"{(time.monotonic() - left) * 1000:.0f} ms"
     )
     wait_for(lambda: in_flight(server) == 0, 10, "nothing in flight")
-    assert disconnects(server) - before == 16  # aborted, not finished
+    assert disconnects(server) - before == 4  # aborted, not finished
 
 
 @pytest.mark.parametrize(
@@ -373,6 +355,31 @@ def test_clients_that_leave_free_the_engine_at_once(server):
             404,
         ),
         ("post", "/", {"json": {"prompt": "x", "history": "none"}}, 400),
+        # Past what vLLM accepts though the schema allows it, before and after a stream starts:
+        ("post", "/", {"json": {"prompt": "x", "temperature": 5}}, 400),
+        (
+            "post",
+            "/v1/completions",
+            {"json": {"prompt": "x", "temperature": 9, "stream": True}},
+            400,
+        ),
+        ("post", "/v1/completions", {"json": {"prompt": "x", "seed": 2**64}}, 400),
+        (
+            "post",
+            "/v1/chat/completions",
+            {
+                "data": b'{"messages": [{"role": "user", "content": "\\ud800"}]}',
+                "headers": {"content-type": "application/json"},
+            },
+            400,
+        ),
+        (
+            "post",
+            "/v1/completions",
+            {"json": {"prompt": [[1, 2, 3]] * 1000, "n": 16, "max_tokens": 1}},
+            400,
+        ),
+        ("post", "/", {"data": b""}, 400),
         ("post", "/", {"data": "é".encode("latin-1")}, 400),
         ("get", "/v1/completions", {}, 405),
         ("get", "/no/such/route", {}, 404),
@@ -385,6 +392,47 @@ def test_bad_input_gets_its_code_never_a_500(limited, method, path, kwargs, code
     )
     assert response.status_code == code, response.text
     assert response.json()["error"]["code"] == code
+
+
+def test_an_empty_stop_string_stops_nothing(limited):
+    body = {"prompt": "x", "max_tokens": 3, "stop": "", "temperature": 0}
+    response = requests.post(
+        f"{limited.url}/v1/completions", json=body, headers=limited.headers(), timeout=30
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 3
+
+
+def test_connections_that_never_send_a_whole_request_are_answered_408_and_closed(launch, tmp_path):
+    server = launch(
+        *Gate(tmp_path / "gate").server_args(),
+        *("--request-read-timeout", "1", "--timeout-keep-alive", "1"),
+    )
+    address = ("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+    auth = f"Authorization: {server.token}\r\n".encode()
+    openings = {
+        "silent": b"",
+        "half the headers": b"POST / HTTP/1.1\r\nHost: x\r\n",
+        "half the body": b"POST / HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + b"Content-Length: 100\r\n\r\n0123456789",
+    }
+    started = time.monotonic()
+    for what, opening in openings.items():
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(opening)
+            answer = b""
+            while chunk := sock.recv(4096):  # until the server closes the connection
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408"), (what, answer)
+            assert b"did not arrive" in answer, (what, answer)
+    assert time.monotonic() - started < 10  # about 1 s each, not for ever
+    with socket.create_connection(address, timeout=10) as sock:  # idle after an answer
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")  # then closed by the keep-alive timeout
 
 
 def test_a_dead_engine_fails_liveness_and_exits_non_zero(launch):

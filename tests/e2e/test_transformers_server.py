@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.e2e.conftest import arriving_together
 from tests.e2e.test_openai_clients import *  # noqa: F403
 from tests.e2e.test_platform_clients import *  # noqa: F403
 from tests.e2e.test_reliability import (
@@ -25,6 +24,7 @@ from tests.e2e.test_reliability import (
     engine_load,
     in_flight,
     sigterm_then_refused,
+    started_streams,
     test_clients_that_leave_free_the_engine_at_once,  # noqa: F401
     wait_for,
 )
@@ -53,13 +53,12 @@ def test_sigterm_drains_streams_to_completion(launch):
     server = launch("--processor", "transformers", "--grace-period", "90")
     kinds = [completion_stream] * 8 + [chatllm_stream] * 4
     max_tokens = 400
-    start_reading = threading.Event()
+    release = threading.Event()  # held in flight by their bodies until the signal
     with ThreadPoolExecutor(len(kinds)) as pool:
-        with arriving_together(server, len(kinds)):  # so none ends before the signal
-            futures = [pool.submit(kind, server, max_tokens, start_reading) for kind in kinds]
+        futures = [pool.submit(kind, server, max_tokens, release) for kind in kinds]
         wait_for(lambda: in_flight(server) == len(kinds), 60, "all requests in flight")
         sigterm_then_refused(server)
-        start_reading.set()
+        release.set()
         results = [future.result(timeout=DEADLINE_S) for future in futures]
     assert [(r["status"], r["error"], r["tokens"]) for r in results] == [
         (200, None, max_tokens)
@@ -83,15 +82,9 @@ def test_a_request_past_its_timeout_is_408_and_leaves_the_engine(launch):
 
 def test_when_the_grace_period_ends_streams_get_a_final_error(launch):
     server = launch("--processor", "transformers", "--grace-period", "1")
-    start_reading = threading.Event()
     with ThreadPoolExecutor(4) as pool:
-        with arriving_together(server, 4):
-            futures = [
-                pool.submit(completion_stream, server, 2000, start_reading) for _ in range(4)
-            ]
-        wait_for(lambda: in_flight(server) == 4, 60, "all streams in flight")
+        futures = started_streams(server, 4, 2000, pool)  # many seconds of work left
         server.process.send_signal(signal.SIGTERM)
-        start_reading.set()
         results = [future.result(timeout=DEADLINE_S) for future in futures]
     assert server.process.wait(timeout=60) == 0
     for result in results:

@@ -8,7 +8,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from processors.base import GenerationRequest, LlmInfo, ProcessorStats, Step
+from processors.base import (
+    GenerationRequest,
+    LlmInfo,
+    ProcessorInputError,
+    ProcessorStats,
+    SamplingParams,
+    Step,
+)
 
 
 class FakeProcessor:
@@ -35,6 +42,9 @@ class FakeProcessor:
         self.requests.append(request)
         if self.fail_with is not None:
             raise self.fail_with
+        problem = _problem(request.sampling)
+        if problem is not None:  # as vLLM's engine: a plain error, for values nobody checked
+            raise ValueError(problem)
         self.running.add(request.request_id)
         prompt_len = len(request.prompt_token_ids)
         total = request.sampling.max_tokens
@@ -53,6 +63,11 @@ class FakeProcessor:
             if not finished:  # closed early, as when a client leaves: the contract aborts
                 self.aborted.append(request.request_id)
 
+    def check_sampling(self, sampling: SamplingParams) -> None:
+        problem = _problem(sampling)
+        if problem is not None:
+            raise ProcessorInputError(problem)
+
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
 
@@ -64,3 +79,14 @@ class FakeProcessor:
 
     async def shutdown(self) -> None:
         pass
+
+
+def _problem(sampling: SamplingParams) -> str | None:
+    """What vLLM refuses that the runtime's request schemas let through."""
+    if sampling.temperature > 2:
+        return f"temperature must be in [0, 2], got {sampling.temperature}"
+    if sampling.seed is not None and not -(2**63) <= sampling.seed < 2**63:
+        return "seed out of range"
+    if "" in sampling.stop:
+        return "stop cannot contain an empty string"
+    return None

@@ -162,3 +162,123 @@ def test_client_disconnect_aborts_a_non_streaming_request(demo_tokenizer, path):
     assert len(fake.aborted) == 1
     assert not fake.running
     assert served.parts.admission.num_in_flight == 0
+
+
+def test_the_bound_counts_engine_requests_not_http_requests(demo_tokenizer):
+    fake = FakeProcessor(demo_tokenizer, step_delay=0.05)  # runs 4 at once; bound 4 + 2 = 6
+    served, app = started_app(fake, max_queue_size=2)
+    many = {"prompt": [[1, 2, 3]] * 3, "n": 2, "max_tokens": 20}  # 6 engine requests
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            heavy = asyncio.ensure_future(client.post("/v1/completions", json=many))
+            while len(fake.running) < 4:
+                await asyncio.sleep(0.01)
+            health = (await client.get("/health")).json()
+            small = await client.post("/v1/completions", json={"prompt": "x", "max_tokens": 4})
+            chatllm = await client.post("/", json={"prompt": "x", "max_new_tokens": 4})
+            return await heavy, health, small, chatllm
+
+    heavy, health, small, chatllm = asyncio.run(scenario())
+    assert heavy.status_code == 200
+    assert len(heavy.json()["choices"]) == 6
+    assert (health["num_in_flight"], health["num_engine_requests"]) == (1, 6)
+    for refused in (small, chatllm):  # refused at once, not queued behind the 6
+        assert refused.status_code == 429
+        assert "limit of 6 requests" in refused.json()["error"]["message"]
+    assert served.parts.admission.num_engine_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (
+            {"prompt": [[1, 2, 3]] * 1000, "n": 16, "max_tokens": 1},
+            "1000 prompts in one request; this server takes at most 256 (max_prompts_per_request)",
+        ),
+        (
+            {"prompt": [[1, 2, 3]] * 20, "n": 16, "max_tokens": 1},
+            "n: 20 prompts x n 16 = 320 completions in one request; this server makes at most "
+            "256 (max_choices_per_request)",
+        ),
+        (
+            {"prompt": [[1, 2, 3]] * 4, "n": 2, "max_tokens": 1},
+            "asks for 8 completions at once (prompts x n), more than this server runs and "
+            "queues together (6)",
+        ),
+    ],
+)
+def test_requests_asking_for_more_than_allowed_are_400_naming_the_limit(fake, body, needle):
+    _, app = started_app(fake, max_queue_size=2)
+    response = asyncio.run(post_all(app, [("/v1/completions", body)]))[0]
+    assert response.status_code == 400
+    assert needle in response.json()["error"]["message"]
+    assert not fake.requests  # nothing reached the engine
+
+
+def test_a_client_that_leaves_while_sending_is_499_in_metrics_and_call_log(fake, tmp_path, caplog):
+    caplog.set_level("INFO")
+    calls = tmp_path / "calls.jsonl"
+    served, app = started_app(fake, call_log=str(calls))
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"prompt": ', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        pass
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [(b"content-type", b"application/json")],
+        "query_string": b"",
+        "http_version": "1.1",
+        "client": ("10.1.2.3", 4567),
+    }
+    asyncio.run(app(scope, receive, send))
+    served.parts.call_log.close()
+    (record,) = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert record["status"] == 499
+    metrics = served.parts.metrics.render(None, 0, False).decode()
+    assert 'llm_runtime_http_requests_total{method="POST",route="/",status="499"} 1.0' in metrics
+    logged = [r for r in caplog.records if r.name.startswith("runtime")]
+    assert [r.levelname for r in logged if "left before" in r.getMessage()] == ["INFO"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_body_that_stops_arriving_is_408(fake):
+    _, app = started_app(fake, request_read_timeout=0.2)
+    sent: list[dict] = []
+    first = {"type": "http.request", "body": b'{"prompt": ', "more_body": True}
+
+    async def receive():
+        if first in sent:
+            await asyncio.sleep(30)  # the rest never comes
+        sent.append(first)
+        return first
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/completions",
+        "headers": [(b"content-type", b"application/json")],
+        "query_string": b"",
+        "http_version": "1.1",
+        "client": ("10.1.2.3", 4567),
+    }
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 5))
+    start = next(m for m in sent if m.get("type") == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m.get("type") == "http.response.body")
+    assert start["status"] == 408
+    assert "did not arrive within 0.2 s" in json.loads(body)["error"]["message"]
