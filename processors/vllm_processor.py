@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncGenerator
+from pathlib import Path
 from typing import Any
 
 from models.tokenizer import load_tokenizer
@@ -21,6 +22,13 @@ from processors.base import (
     TokenLogprob,
 )
 from processors.settings import EngineSettings
+from processors.vllm_memory import (
+    ENGINE_ARG,
+    ENV_KEY,
+    KvCacheSize,
+    cpu_kv_cache_size,
+    is_set_by_user,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +85,7 @@ class VllmProcessor:
         s = self._settings
         kwargs: dict[str, Any] = {
             "model": s.model_path,
-            "dtype": s.dtype,
+            "dtype": self._dtype(),
             "tensor_parallel_size": s.tensor_parallel_size,
             "served_model_name": s.served_model_name,
         }
@@ -95,7 +103,43 @@ class VllmProcessor:
                 "(--engine-arg takes fields of vllm.engine.arg_utils.AsyncEngineArgs)"
             )
         kwargs.update(s.extra_args)
+        kv_cache = self._cpu_kv_cache(kwargs["dtype"])
+        if kv_cache is not None:
+            kwargs[ENGINE_ARG] = kv_cache.num_bytes
         return kwargs
+
+    def _dtype(self) -> str:
+        """`auto` is float32 on a CPU without bfloat16 arithmetic (AVX-512 BF16 or AMX):
+        vLLM would run such models in bfloat16 there, and its compiled bfloat16 path answered
+        nonsense on an AVX2 machine (measured: SmolLM2 said "L'Étoile, la Marseillaise" where
+        float32 and eager bfloat16 say "The capital of France is Paris.")."""
+        from vllm.platforms import current_platform
+
+        if self._settings.dtype != "auto" or not current_platform.is_cpu():
+            return self._settings.dtype
+        import torch
+
+        if torch.cpu._is_avx512_bf16_supported():
+            return "auto"
+        log.info("this CPU has no bfloat16 arithmetic (%s): vLLM runs float32", _cpu_capability())
+        return "float32"
+
+    def _cpu_kv_cache(self, dtype: str) -> KvCacheSize | None:
+        """The KV cache size on the CPU when nobody set one (see processors/vllm_memory.py)."""
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu() or is_set_by_user(self._settings):
+            return None
+        folder = Path(self._settings.model_path)
+        weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        size = cpu_kv_cache_size(self._settings, weights, dtype)
+        log.info(
+            "vLLM's CPU KV cache: %s; set %s (GiB) or --engine-arg %s=BYTES to change it",
+            size.describe(),
+            ENV_KEY,
+            ENGINE_ARG,
+        )
+        return size
 
     def _stat_logger_factory(self, vllm_config: Any, engine_index: int = 0) -> Any:
         from vllm.v1.metrics.loggers import StatLoggerBase
@@ -199,6 +243,12 @@ class VllmProcessor:
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await asyncio.to_thread(engine.shutdown)
+
+
+def _cpu_capability() -> str:
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
 
 
 def _skip_request_stats(engine: Any) -> None:

@@ -26,9 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
 
     check = commands.add_parser("check", help="validate a model folder and print what it holds")
-    check.add_argument("--model", required=True, help="the model folder")
+    check.add_argument(
+        "--model", required=True, help="a model folder, a GGUF file, or builtin:NAME"
+    )
     check.add_argument("--processor", default="auto")
     check.add_argument("--max-model-len", type=int, default=None)
+    check.add_argument("--gguf-file", help="which GGUF file of a folder holding several")
 
     demo = commands.add_parser("demo-model", help="write the built-in demo model to DIR")
     demo.add_argument("directory", type=Path)
@@ -59,18 +62,27 @@ def _serve(argv: list[str]) -> int:
 
 
 def _check(args: dict[str, Any]) -> int:
+    from models.gguf import inspect_gguf
     from models.validate import ModelCheckError
     from processors.registry import ProcessorUnavailableError
     from processors.settings import EngineSettings
-    from runtime.model_source import check_model
+    from runtime.model_source import check_model, resolve_model
 
-    settings = EngineSettings(model_path=args["model"], max_model_len=args["max_model_len"])
+    settings = EngineSettings(
+        model_path=args["model"], max_model_len=args["max_model_len"], gguf_file=args["gguf_file"]
+    )
     try:
-        report = check_model(args["processor"], settings)
+        source = resolve_model(settings)
+        if source.gguf is not None:
+            print(inspect_gguf(source.gguf).describe())
+        folder = Path(source.settings.model_path)
+        if source.prepare is not None and not (folder / "config.json").is_file():
+            print(f"made on the first start: {folder}")
+        else:
+            print(check_model(args["processor"], source.settings).describe())
     except (ModelCheckError, ProcessorUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(report.describe())
     print("ok")
     return 0
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 
+from models.validate import ModelCheckError
 from processors.allspark_api import BaseProcessor
 from processors.custom_processor import CustomProcessor
 from processors.registry import (
@@ -36,9 +37,10 @@ def serve(config: RuntimeConfig) -> int:
         if processor_kind(config.processor) == "raw":
             served = RawApp(parts, create_raw_processor(config.engine, config.custom))
         else:
-            settings = resolve_model(config.engine)
-            served = LlmApp(parts, create_llm_processor(config.processor, settings), settings)
-    except ProcessorUnavailableError as exc:  # a missing engine fails before the port is bound
+            source = resolve_model(config.engine)
+            processor = create_llm_processor(config.processor, source.settings)
+            served = LlmApp(parts, processor, source)
+    except (ProcessorUnavailableError, ModelCheckError) as exc:  # before the port is bound
         log.error("cannot serve: %s", exc)
         return EXIT_START_ERROR
     return _run(parts, served)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends
 
@@ -44,14 +45,20 @@ class LlmService:
     runner: GenerationRunner  # the one way into the processor
     limits: RequestLimits
     processor: LlmProcessor  # for its checks of what a request asks
+    # The model's sampling defaults for the OpenAI routes (runtime/sampling_defaults.py).
+    sampling_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def loaded(
-        cls, processor: LlmProcessor, runner: GenerationRunner, limits: RequestLimits
+        cls,
+        processor: LlmProcessor,
+        runner: GenerationRunner,
+        limits: RequestLimits,
+        sampling_defaults: Mapping[str, Any],
     ) -> LlmService:
         info = processor.info
         prompts = PromptBuilder(info.tokenizer, info.max_model_len)
-        return cls(info, prompts, runner, limits, processor)
+        return cls(info, prompts, runner, limits, processor, sampling_defaults)
 
     def check_sampling(self, sampling: SamplingParams) -> SamplingParams:
         """`sampling` as the processor accepts it, or ApiError 400 saying why not."""

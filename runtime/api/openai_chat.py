@@ -78,9 +78,12 @@ async def answer_chat(
     prompt_ids = service.prompts.encode_chat(messages)
     requested = body.max_completion_tokens or body.max_tokens
     field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    max_tokens = service.prompts.budget(len(prompt_ids), requested, field)
+    defaults = service.sampling_defaults
+    max_tokens = service.prompts.budget(
+        len(prompt_ids), requested, field, defaults.get("max_tokens")
+    )
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    sampling = service.check_sampling(body.sampling(max_tokens, logprobs))
+    sampling = service.check_sampling(body.sampling(max_tokens, logprobs, defaults))
     service.limits.check(1, body.n)
     weigh(request, body.n)
     request_id = new_request_id("chatcmpl")

@@ -83,8 +83,11 @@ async def answer_completion(
     longest = max(len(ids) for ids in prompts)
     if any(not ids for ids in prompts):
         raise bad_request("prompt must not be empty", "prompt")
-    max_tokens = service.prompts.budget(longest, body.max_tokens, "max_tokens")
-    sampling = service.check_sampling(body.sampling(max_tokens, body.logprobs))
+    defaults = service.sampling_defaults
+    max_tokens = service.prompts.budget(
+        longest, body.max_tokens, "max_tokens", defaults.get("max_tokens")
+    )
+    sampling = service.check_sampling(body.sampling(max_tokens, body.logprobs, defaults))
     weigh(request, len(prompts) * body.n)
     request_id = new_request_id("cmpl")
     head = {

@@ -5,6 +5,7 @@ Unknown fields are ignored, not rejected: clients in the field send extra keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -47,18 +48,28 @@ class OpenAISampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
 
-    def sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def sampling(
+        self, max_tokens: int, logprobs: int | None, defaults: Mapping[str, Any] | None = None
+    ) -> SamplingParams:
+        """The request's sampling; a field it leaves out takes `defaults` (the model's, from
+        its generation config, as `vllm serve` applies them), else the neutral value."""
+        defaults = defaults or {}
+
+        def value(name: str, neutral: Any) -> Any:
+            given = getattr(self, name)
+            return given if given is not None else defaults.get(name, neutral)
+
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=max(self.top_k or 0, 0),
-            min_p=self.min_p or 0.0,
+            temperature=value("temperature", 1.0),
+            top_p=value("top_p", 1.0),
+            top_k=max(value("top_k", 0), 0),
+            min_p=value("min_p", 0.0),
             seed=self.seed,
             stop=stop_tuple(self.stop),
-            presence_penalty=self.presence_penalty or 0.0,
-            frequency_penalty=self.frequency_penalty or 0.0,
-            repetition_penalty=self.repetition_penalty or 1.0,
+            presence_penalty=value("presence_penalty", 0.0),
+            frequency_penalty=value("frequency_penalty", 0.0),
+            repetition_penalty=value("repetition_penalty", 1.0),
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
         )

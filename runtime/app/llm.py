@@ -8,9 +8,7 @@ import logging
 
 from fastapi import FastAPI
 
-from models.demo import ensure_demo_model
 from processors.base import LlmProcessor
-from processors.settings import EngineSettings
 from runtime.api.answers import Answer, openai_answer
 from runtime.api.chatllm import answer_chatllm, chatllm_router
 from runtime.api.chatllm_ws import chatllm_websocket_router
@@ -22,20 +20,19 @@ from runtime.api.webui import webui_router
 from runtime.app.common import ServingParts, build_app
 from runtime.errors import ApiError
 from runtime.generation import GenerationRunner
-from runtime.model_source import check_model
+from runtime.model_source import ModelSource, check_model
+from runtime.sampling_defaults import sampling_defaults
 from runtime.service import LlmService, RequestLimits
 
 log = logging.getLogger(__name__)
 
 
 class LlmApp:
-    def __init__(
-        self, parts: ServingParts, processor: LlmProcessor, settings: EngineSettings
-    ) -> None:
+    def __init__(self, parts: ServingParts, processor: LlmProcessor, source: ModelSource) -> None:
         config = parts.config
         self.parts = parts
         self.processor = processor
-        self.settings = settings  # what the processor loads
+        self.source = source  # what the processor loads, and where it comes from
         self.runner = GenerationRunner(
             processor,
             parts.metrics,
@@ -58,12 +55,12 @@ class LlmApp:
         self.asgi: FastAPI = build_app(parts, processor, gated, pages, sink)
 
     async def check(self) -> str:
-        """Check the model folder before loading (the demo model is built first if needed);
-        what is loaded, for the progress lines."""
-        config = self.parts.config
-        if not config.engine.model_path:  # the built-in demo model, built on first use
-            await asyncio.to_thread(ensure_demo_model)
-        report = await asyncio.to_thread(check_model, config.processor, self.settings)
+        """Check the model folder before loading (built or converted first, if it comes from a
+        built-in model or a GGUF file); what is loaded, for the progress lines."""
+        source = self.source
+        if source.prepare is not None:
+            await asyncio.to_thread(source.prepare)
+        report = await asyncio.to_thread(check_model, self.parts.config.processor, source.settings)
         log.info("model check passed:\n%s", report.describe())
         size = report.weight_bytes
         shown = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
@@ -85,7 +82,10 @@ class LlmApp:
         )
         lifecycle = self.parts.config.lifecycle
         limits = RequestLimits(lifecycle.max_prompts_per_request, lifecycle.max_choices_per_request)
-        return LlmService.loaded(self.processor, self.runner, limits)
+        defaults = sampling_defaults(
+            self.parts.config.server.generation_config, self.source.settings.model_path
+        )
+        return LlmService.loaded(self.processor, self.runner, limits, defaults)
 
     def answers(self, service: LlmService) -> dict[str, Answer]:
         """Each POST route's answer to a body, as bytes and a status, for requests that come

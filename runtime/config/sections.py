@@ -96,6 +96,11 @@ class ServerConfig:
         "serve the chat web page at /webui (and GET / for browsers)",
         json=["metadata.enable_webservice"],
     )
+    generation_config: str = declared(
+        "auto",
+        "sampling defaults of the OpenAI routes: auto (the model's generation_config.json), "
+        "vllm (none), or a folder holding a generation_config.json",
+    )
     stream_interval: str = declared(
         "1",
         "tokens per streamed chunk: 1, N, or auto (1, and 2 once the server is busy)",

@@ -133,8 +133,11 @@ def spawn_server(workdir: Path, port: int, args: list[str], env: dict[str, str])
 
 
 def start_server(workdir: Path, cache_dir: Path, *args: str) -> Server:
-    """`llm-runtime serve --token TOKEN ARGS` on the demo model and a free port, once ready."""
+    """`llm-runtime serve --token TOKEN ARGS` on a free port, once ready: the demo model unless
+    ARGS name a model or a custom processor."""
     port = free_port()
+    if "--model" not in args and "--processor-entry" not in args:
+        args = ("--model", "builtin:demo", *args)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "LLM_RUNTIME_CACHE_DIR": str(cache_dir)}
     return spawn_server(workdir, port, ["--port", str(port), "--token", TOKEN, *args], env)
 
@@ -191,6 +194,7 @@ def serve_service_json(workdir: Path, model_cache_dir: Path, *args: str) -> Serv
     service = {
         "name": SERVICE_NAME,
         "token": TOKEN,
+        "model_path": "builtin:demo",
         "storage": [{"mount_path": str(model_cache_dir), "empty_dir": {}}],
         "containers": [
             {

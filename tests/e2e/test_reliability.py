@@ -466,7 +466,9 @@ def test_sigterm_while_loading_stops_and_a_second_one_exits_at_once(model_cache_
     port = free_port()
     with (tmp_path / "server.log").open("w") as log:
         process = subprocess.Popen(
-            runtime_command("serve", "--host", "127.0.0.1", "--port", str(port)),
+            runtime_command(
+                "serve", "--host", "127.0.0.1", "--port", str(port), "--model", "builtin:demo"
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from runtime.app import LlmApp, ServingParts
 from runtime.config import load_config
+from runtime.model_source import ModelSource
 from runtime.phase import Phase
 from tests.unit.fake_processor import FakeProcessor
 
@@ -34,7 +35,7 @@ def served_app(processor, ready: bool = True, **settings) -> LlmApp:
     """The LLM app over `processor`; loaded and ready unless `ready` is false (then it is as
     the lifecycle starts it: nothing loaded yet)."""
     config = load_config(settings, environ={})
-    served = LlmApp(ServingParts.for_config(config), processor, config.engine)
+    served = LlmApp(ServingParts.for_config(config), processor, ModelSource(config.engine, "fake"))
     return loaded(served)[0] if ready else served
 
 

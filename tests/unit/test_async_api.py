@@ -15,6 +15,7 @@ from processors.settings import CustomSettings, EngineSettings
 from runtime.app import LlmApp, RawApp, ServingParts
 from runtime.config import load_config
 from runtime.errors import ApiError, ErrorKind
+from runtime.model_source import ModelSource
 from runtime.phase import Phase
 from runtime.queue import open_queue
 from tests.unit.conftest import TOKEN, ServedClient, drain_controller, loaded
@@ -34,7 +35,7 @@ def async_client(processor, tmp_path, **settings) -> ServedClient:
     if isinstance(processor, CustomProcessor):
         served = RawApp(parts, processor)
     else:
-        served = LlmApp(parts, processor, config.engine)
+        served = LlmApp(parts, processor, ModelSource(config.engine, "fake"))
     served, service = loaded(served)
     parts.queue.attach(open_queue(config))
     client = ServedClient(served)
