@@ -8,6 +8,7 @@ next to the JSON as markdown: each metric's median over rounds for both servers 
 of the per-round ratios ours/vLLM, and output tok/s of each server over the offline engine's.
 
     python -m benchmarks.compare               # the demo model, 3 rounds, c = 1, 16, 64
+    python -m benchmarks.compare --model builtin:smollm2   # the real default model
     python -m benchmarks.compare --rounds 1 --servers ours --offline-rounds 0   # a quick look
 """
 
@@ -82,10 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{stamp}-{socket.gethostname()}"
     work = args.output_dir / "logs" / name
     work.mkdir(parents=True, exist_ok=True)
-    model = args.model or _write_demo_model(work / "demo-model")
+    model, served_name = args.model, args.served_model_name
+    if model is None:
+        model = _write_demo_model(work / "demo-model")
+    elif model.startswith("builtin:") or model.endswith(".gguf"):
+        model, served_name = _prepared_model(model)
     settings = EngineSettings(
         model,
-        served_model_name=args.served_model_name,
+        served_model_name=served_name,
         max_num_seqs=args.max_num_seqs,
         max_model_len=args.max_model_len,
         dtype=args.dtype,
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                         run(
                             base_url,
                             args.backend,
-                            args.served_model_name,
+                            settings.served_model_name,
                             jobs[level],
                             level,
                             num_warmups=max(2, min(level, 8)),
@@ -203,6 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     (args.output_dir / f"{name}.md").write_text(f"{heading}\n\n{markdown}\n")
     print(f"\n{heading}\n\n{markdown}\nwrote {json_path} and {json_path.with_suffix('.md')}")
     return 0
+
+
+def _prepared_model(named: str) -> tuple[str, str]:
+    """The folder a built-in model or a GGUF file is served from (converted once), so that
+    vLLM's own server and the offline engine load the very same weights; its served name."""
+    from processors.settings import EngineSettings as ModelSettings
+    from runtime.model_source import resolve_model
+
+    source = resolve_model(ModelSettings(model_path=named))
+    if source.prepare is not None:
+        source.prepare()
+    return source.settings.model_path, str(source.settings.served_model_name)
 
 
 def _write_demo_model(directory: Path) -> str:
