@@ -17,6 +17,29 @@ FinishReason = Literal["stop", "length", "abort"]
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on what may be generated: one of a JSON schema, any JSON object, a regular
+    expression, one of several strings, or a grammar (EBNF, as xgrammar and vLLM read it)."""
+
+    json_schema: Any = None  # a dict (or its JSON text)
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [
+            self.json_schema is not None,
+            self.json_object,
+            self.regex is not None,
+            self.choice is not None,
+            self.grammar is not None,
+        ]
+        if sum(given) != 1:
+            raise ValueError("a structured output names exactly one constraint")
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Engine-neutral sampling settings; the API layer has already validated the ranges."""
 
@@ -32,6 +55,8 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top alternatives per token; None = no logprobs
+    structured: StructuredOutput | None = None
+    skip_special_tokens: bool = True  # in the text (special tokens are always in token_ids)
 
 
 @dataclass(frozen=True)
@@ -82,6 +107,8 @@ class Tokenizer(Protocol):
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
 
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]: ...
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from processors.settings import EngineSettings
 
 if TYPE_CHECKING:
     from processors.transformers_engine.engine import TransformersEngine
+    from processors.transformers_engine.grammar import GrammarCompiler
 
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
@@ -76,6 +77,7 @@ class TransformersProcessor:
         self._info: LlmInfo | None = None
         self._streams: dict[str, asyncio.Queue] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._grammars: GrammarCompiler | None = None
 
     @property
     def info(self) -> LlmInfo:
@@ -84,6 +86,7 @@ class TransformersProcessor:
         return self._info
 
     async def start(self) -> None:
+        from processors.transformers_engine.grammar import GrammarCompiler
         from processors.transformers_engine.loader import EngineConfigError, load_engine
 
         self._loop = asyncio.get_running_loop()
@@ -93,6 +96,7 @@ class TransformersProcessor:
         except EngineConfigError as exc:
             raise ValueError(str(exc)) from exc
         self._engine = loaded.engine
+        self._grammars = GrammarCompiler(tokenizer, loaded.vocab_size)
         self._engine.start(self._on_outputs)
         settings = self._settings
         self._info = LlmInfo(
@@ -120,9 +124,13 @@ class TransformersProcessor:
         engine = self._running_engine()
         self.check_sampling(request.sampling)
         self._check_input(request)
+        grammar = None
+        if request.sampling.structured is not None:  # compiling takes milliseconds: off the loop
+            assert self._grammars is not None  # made at start, as the engine
+            grammar = await asyncio.to_thread(self._grammars.compile, request.sampling.structured)
         stream: asyncio.Queue = asyncio.Queue()
         self._streams[request.request_id] = stream
-        engine.submit(request)
+        engine.submit(request, grammar)
         finished = False
         try:
             while not finished:

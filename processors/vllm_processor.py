@@ -19,6 +19,7 @@ from processors.base import (
     ProcessorStats,
     SamplingParams,
     Step,
+    StructuredOutput,
     TokenLogprob,
 )
 from processors.settings import EngineSettings
@@ -281,6 +282,20 @@ def _engine_input_factory() -> Any:
     return tokens_input
 
 
+def _to_vllm_structured(structured: StructuredOutput | None) -> Any:
+    if structured is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return StructuredOutputsParams(
+        json=structured.json_schema,
+        json_object=True if structured.json_object else None,
+        regex=structured.regex,
+        choice=list(structured.choice) if structured.choice is not None else None,
+        grammar=structured.grammar,
+    )
+
+
 def _to_vllm_sampling(sampling: SamplingParams, stream_interval: int = 1) -> Any:
     from vllm import SamplingParams as VllmSamplingParams
     from vllm.sampling_params import RequestOutputKind
@@ -298,6 +313,8 @@ def _to_vllm_sampling(sampling: SamplingParams, stream_interval: int = 1) -> Any
         repetition_penalty=sampling.repetition_penalty,
         ignore_eos=sampling.ignore_eos,
         logprobs=sampling.logprobs,
+        structured_outputs=_to_vllm_structured(sampling.structured),
+        skip_special_tokens=sampling.skip_special_tokens,
         output_kind=RequestOutputKind.DELTA,  # new text per step; the APIs accumulate if needed
         # vLLM then builds no output for the tokens in between: that work is saved too.
         stream_interval=stream_interval if stream_interval > 1 else None,

@@ -36,10 +36,18 @@ def new_request_id(prefix: str) -> str:
 class Choice:
     """One choice's text and counts, accumulated from its steps."""
 
-    __slots__ = ("_parts", "finish_reason", "logprobs", "num_output_tokens", "num_prompt_tokens")
+    __slots__ = (
+        "_parts",
+        "finish_reason",
+        "logprobs",
+        "num_output_tokens",
+        "num_prompt_tokens",
+        "token_ids",
+    )
 
     def __init__(self) -> None:
         self._parts: list[str] = []  # joined once at the end, not copied at every step
+        self.token_ids: list[int] = []
         self.finish_reason: str | None = None
         self.num_prompt_tokens = 0
         self.num_output_tokens = 0
@@ -52,6 +60,7 @@ class Choice:
     def add(self, step: Step) -> None:
         if step.text:
             self._parts.append(step.text)
+        self.token_ids += step.token_ids
         self.num_prompt_tokens = step.num_prompt_tokens
         self.num_output_tokens = step.num_output_tokens
         self.finish_reason = step.finish_reason or self.finish_reason

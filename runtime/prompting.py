@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from processors.base import Tokenizer
@@ -11,35 +12,64 @@ from runtime.errors import bad_request
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, str]
+Message = dict[str, Any]  # role, content, and an assistant's tool_calls or a tool's call id
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """What the template renders besides the messages (OpenAI's and vLLM's request fields)."""
+
+    tools: list[dict[str, Any]] | None = None
+    template_kwargs: dict[str, Any] | None = None  # e.g. enable_thinking
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False  # the last (assistant) message is continued
 
 
 class PromptBuilder:
     """Renders chat messages with the model's template and checks prompts fit the context."""
 
-    def __init__(self, tokenizer: Tokenizer, max_model_len: int) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, max_model_len: int, chat_template: str | None = None
+    ) -> None:
         self._tokenizer = tokenizer
         self.max_model_len = max_model_len
-        self._has_template = bool(getattr(tokenizer, "chat_template", None))
+        self._template = chat_template  # --chat-template: instead of the model's own
+        self._has_template = bool(chat_template or getattr(tokenizer, "chat_template", None))
         if not self._has_template:
             log.warning("the model has no chat template; chat prompts use a plain fallback")
 
-    def render_chat(self, messages: Sequence[Message]) -> str:
+    def render_chat(self, messages: Sequence[Message], options: ChatPrompt = ChatPrompt()) -> str:
         for index, message in enumerate(messages):
-            check_encodable(message["content"], f"messages.{index}.content")
+            if isinstance(message.get("content"), str):
+                check_encodable(message["content"], f"messages.{index}.content")
         if not self._has_template:
             return _fallback_template(messages)
+        if options.continue_final_message and options.add_generation_prompt:
+            raise bad_request(
+                "continue_final_message and add_generation_prompt exclude each other: set "
+                "add_generation_prompt to false to continue the last message",
+                param="continue_final_message",
+            )
         try:
             rendered = self._tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=True
+                list(messages),
+                tokenize=False,
+                tools=options.tools,
+                chat_template=self._template,
+                add_generation_prompt=options.add_generation_prompt,
+                continue_final_message=options.continue_final_message,
+                **(options.template_kwargs or {}),
             )
         except Exception as exc:  # templates raise on e.g. roles that do not alternate
             raise bad_request(f"the model's chat template rejected the messages: {exc}") from exc
         return str(rendered)
 
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[Message], options: ChatPrompt = ChatPrompt()
+    ) -> list[int]:
         # The template already wrote any BOS token, so the tokenizer must not add another.
-        return self._tokenizer.encode(self.render_chat(messages), add_special_tokens=False)
+        rendered = self.render_chat(messages, options)
+        return self._tokenizer.encode(rendered, add_special_tokens=False)
 
     def encode_text(self, text: str, field: str = "prompt") -> list[int]:
         check_encodable(text, field)

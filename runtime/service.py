@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends
 
 from processors.base import LlmInfo, LlmProcessor, ProcessorInputError, SamplingParams
 from runtime.admission import admitted_service
+from runtime.api.chat_output import OutputParsing
+from runtime.config import ServerConfig
 from runtime.errors import bad_request
 from runtime.generation import GenerationRunner
 from runtime.prompting import PromptBuilder
@@ -47,6 +50,7 @@ class LlmService:
     processor: LlmProcessor  # for its checks of what a request asks
     # The model's sampling defaults for the OpenAI routes (runtime/sampling_defaults.py).
     sampling_defaults: Mapping[str, Any] = field(default_factory=dict)
+    parsing: OutputParsing = field(default_factory=OutputParsing)  # tool calls, reasoning
 
     @classmethod
     def loaded(
@@ -55,10 +59,20 @@ class LlmService:
         runner: GenerationRunner,
         limits: RequestLimits,
         sampling_defaults: Mapping[str, Any],
+        server: ServerConfig,
     ) -> LlmService:
         info = processor.info
-        prompts = PromptBuilder(info.tokenizer, info.max_model_len)
-        return cls(info, prompts, runner, limits, processor, sampling_defaults)
+        prompts = PromptBuilder(
+            info.tokenizer, info.max_model_len, read_chat_template(server.chat_template)
+        )
+        parsing = OutputParsing.load(
+            server.tool_call_parser,
+            server.reasoning_parser,
+            server.enable_auto_tool_choice,
+            server.tool_parser_plugin,
+            info.tokenizer,
+        )
+        return cls(info, prompts, runner, limits, processor, sampling_defaults, parsing)
 
     def check_sampling(self, sampling: SamplingParams) -> SamplingParams:
         """`sampling` as the processor accepts it, or ApiError 400 saying why not."""
@@ -67,6 +81,16 @@ class LlmService:
         except ProcessorInputError as exc:
             raise bad_request(str(exc)) from exc
         return sampling
+
+
+def read_chat_template(given: str | None) -> str | None:
+    """--chat-template: a file's contents, or the template itself (vLLM takes both)."""
+    if given is None or "{" in given:
+        return given
+    path = Path(given)
+    if not path.is_file():
+        raise ValueError(f"--chat-template {given}: no such file (nor a template: no '{{')")
+    return path.read_text()
 
 
 # A route parameter of this type receives the service from the admission gate.

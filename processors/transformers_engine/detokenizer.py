@@ -19,9 +19,14 @@ _PROMPT_CONTEXT = 5  # prompt tokens decoded with the output, for the spacing of
 
 class IncrementalDetokenizer:
     def __init__(
-        self, tokenizer: Any, prompt_token_ids: Sequence[int], stop: Sequence[str]
+        self,
+        tokenizer: Any,
+        prompt_token_ids: Sequence[int],
+        stop: Sequence[str],
+        skip_special_tokens: bool = True,
     ) -> None:
         self._tokenizer = tokenizer
+        self._skip_special_tokens = skip_special_tokens
         self._token_ids = list(prompt_token_ids[-_PROMPT_CONTEXT:])
         self._prefix_offset = 0
         self._read_offset = len(self._token_ids)
@@ -61,7 +66,7 @@ class IncrementalDetokenizer:
         return full[len(head) :]
 
     def _decode(self, token_ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(token_ids, skip_special_tokens=True)
+        return self._tokenizer.decode(token_ids, skip_special_tokens=self._skip_special_tokens)
 
     def _emit(self, upto: int) -> str:
         if upto <= self._num_emitted:

@@ -19,6 +19,7 @@ import torch
 
 from processors.base import GenerationRequest, ProcessorStats, Step, TokenLogprob
 from processors.transformers_engine.detokenizer import IncrementalDetokenizer
+from processors.transformers_engine.grammar import mask_logits
 from processors.transformers_engine.kv_cache import SlotKVCache
 from processors.transformers_engine.sampler import SampledLogprobs, SamplingRow, sample
 from processors.transformers_engine.scheduler import Scheduler
@@ -65,7 +66,8 @@ class TransformersEngine:
         self._thread = threading.Thread(target=self._run, name="transformers-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, request: GenerationRequest) -> None:
+    def submit(self, request: GenerationRequest, grammar: Any = None) -> None:
+        """Queue `request`; `grammar` is its compiled constraint (a matcher), if it has one."""
         sampling = request.sampling
         generator = None
         if sampling.seed is not None and sampling.temperature != 0:
@@ -75,9 +77,13 @@ class TransformersEngine:
             prompt_token_ids=list(request.prompt_token_ids),
             sampling=sampling,
             detokenizer=IncrementalDetokenizer(
-                self.tokenizer, request.prompt_token_ids, sampling.stop
+                self.tokenizer,
+                request.prompt_token_ids,
+                sampling.stop,
+                sampling.skip_special_tokens,
             ),
             generator=generator,
+            grammar=grammar,
         )
         self._inbox.put(("add", sequence))
 
@@ -200,9 +206,14 @@ class TransformersEngine:
             SamplingRow(s.sampling, s.prompt_token_ids, s.output_token_ids, s.generator)
             for s in sequences
         ]
+        grammars = [s.grammar for s in sequences]
+        if any(grammar is not None for grammar in grammars):
+            logits = mask_logits(logits, grammars)
         tokens, logprobs = sample(logits, rows)
         for sequence, token, token_logprobs in zip(sequences, tokens, logprobs, strict=True):
             sequence.output_token_ids.append(token)
+            if sequence.grammar is not None:
+                sequence.grammar.accept_token(token)
             finish = None
             text = ""
             if token in self.eos_token_ids and not sequence.sampling.ignore_eos:

@@ -51,6 +51,7 @@ class LoadedEngine:
     dtype: torch.dtype
     max_model_len: int
     num_slots: int
+    vocab_size: int  # the logits' width (it may exceed the tokenizer's vocabulary)
 
 
 def load_engine(settings: EngineSettings, tokenizer: Any) -> LoadedEngine:
@@ -86,7 +87,8 @@ def load_engine(settings: EngineSettings, tokenizer: Any) -> LoadedEngine:
     log.info(
         "transformers engine: %s on %s, %d slots of %d tokens", dtype, device, num_slots, max_len
     )
-    return LoadedEngine(engine, device, dtype, max_len, num_slots)
+    vocab_size = int(model.get_output_embeddings().weight.shape[0])
+    return LoadedEngine(engine, device, dtype, max_len, num_slots, vocab_size)
 
 
 def choose_dtype(asked: str, device: torch.device, checkpoint: Any) -> torch.dtype:

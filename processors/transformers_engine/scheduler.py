@@ -22,6 +22,7 @@ class Sequence:
     sampling: SamplingParams
     detokenizer: Any
     generator: Any = None  # torch.Generator for seeded sampling
+    grammar: Any = None  # an xgrammar matcher, for structured output (grammar.py)
     output_token_ids: list[int] = field(default_factory=list)
     slot: int = -1
     num_cached: int = 0  # tokens whose keys and values are in the cache

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from processors.base import TokenLogprob
 from runtime.admission import weigh
 from runtime.api.disconnect import unless_disconnected
+from runtime.api.fields import refuse_unhonoured
 from runtime.api.framing import (
     SSE_DONE,
     json_response,
@@ -27,7 +28,7 @@ from runtime.api.framing import (
     sse_response,
 )
 from runtime.api.openai_chat import check_model
-from runtime.api.schema import CompletionRequest
+from runtime.api.openai_schema import CompletionRequest
 from runtime.errors import bad_request, from_exception
 from runtime.generation import Choice, new_request_id, usage
 from runtime.prompting import PromptBuilder
@@ -77,6 +78,7 @@ async def answer_completion(
     service: LlmService, body: CompletionRequest, request: Request | None = None
 ) -> Response:
     """The completion, streamed or whole (stopped when `request`'s client leaves)."""
+    refuse_unhonoured(body)
     model = check_model(service, body)
     service.limits.check(num_prompts(body), body.n)  # before any prompt is tokenized
     prompts = prompt_token_ids(service.prompts, body)

@@ -110,4 +110,6 @@ LLM_ROUTES = (
     ("/v1/models", "GET"),
     ("/v1/chat/completions", "POST"),
     ("/v1/completions", "POST"),
+    ("/tokenize", "POST"),
+    ("/detokenize", "POST"),
 )

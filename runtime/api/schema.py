@@ -1,14 +1,14 @@
-"""Request bodies of every API, validated by pydantic so a bad field is a 400 naming it.
+"""The ChatLLM request body, validated by pydantic so a bad field is a 400 naming it, and what
+the request schemas share. (The OpenAI bodies: runtime/api/openai_schema.py.)
 
-Unknown fields are ignored, not rejected: clients in the field send extra keys.
+Unknown ChatLLM fields are ignored, not rejected: the platform's clients send extra keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from processors.base import SamplingParams
 
@@ -27,85 +27,6 @@ def stop_tuple(stop: Stop) -> tuple[str, ...]:
     if stop is None:
         return ()
     return tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
-
-
-class OpenAISampling(_Body):
-    """Sampling fields the OpenAI chat and completions APIs share (vLLM's extras included)."""
-
-    model: str | None = None
-    temperature: Annotated[float, Field(ge=0, le=100)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
-    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    seed: int | None = None
-    stop: Stop = None
-    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
-    ignore_eos: bool = False
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-
-    def sampling(
-        self, max_tokens: int, logprobs: int | None, defaults: Mapping[str, Any] | None = None
-    ) -> SamplingParams:
-        """The request's sampling; a field it leaves out takes `defaults` (the model's, from
-        its generation config, as `vllm serve` applies them), else the neutral value."""
-        defaults = defaults or {}
-
-        def value(name: str, neutral: Any) -> Any:
-            given = getattr(self, name)
-            return given if given is not None else defaults.get(name, neutral)
-
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=value("temperature", 1.0),
-            top_p=value("top_p", 1.0),
-            top_k=max(value("top_k", 0), 0),
-            min_p=value("min_p", 0.0),
-            seed=self.seed,
-            stop=stop_tuple(self.stop),
-            presence_penalty=value("presence_penalty", 0.0),
-            frequency_penalty=value("frequency_penalty", 0.0),
-            repetition_penalty=value("repetition_penalty", 1.0),
-            ignore_eos=self.ignore_eos,
-            logprobs=logprobs,
-        )
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
-
-
-class StreamOptions(_Body):
-    include_usage: bool = False
-
-
-class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatCompletionRequest(OpenAISampling):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    logprobs: bool = False
-    top_logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-
-
-class CompletionRequest(OpenAISampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: Annotated[int, Field(ge=0, le=MAX_LOGPROBS)] | None = None
-    echo: bool = False
-
-    @field_validator("prompt")
-    @classmethod
-    def _not_empty(cls, prompt: Any) -> Any:
-        if isinstance(prompt, list) and not prompt:
-            raise ValueError("prompt must not be an empty list")
-        return prompt
 
 
 class ChatLLMRequest(_Body):
@@ -141,6 +62,3 @@ class ChatLLMRequest(_Body):
             seed=self.seed,
             stop=stop_tuple(self.stop if self.stop is not None else self.stop_sequences),
         )
-
-
-OpenAISampling.model_rebuild()

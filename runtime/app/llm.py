@@ -14,8 +14,9 @@ from runtime.api.chatllm import answer_chatllm, chatllm_router
 from runtime.api.chatllm_ws import chatllm_websocket_router
 from runtime.api.openai_chat import answer_chat, openai_chat_router
 from runtime.api.openai_completions import answer_completion, completions_router
+from runtime.api.openai_schema import ChatCompletionRequest, CompletionRequest
 from runtime.api.queue import enqueue_router, sink_router
-from runtime.api.schema import ChatCompletionRequest, CompletionRequest
+from runtime.api.tokenize import tokenize_router
 from runtime.api.webui import webui_router
 from runtime.app.common import ServingParts, build_app
 from runtime.errors import ApiError
@@ -44,7 +45,7 @@ class LlmApp:
             platform = enqueue_router(server, parts.queue)
         else:
             platform = chatllm_router(server)
-        gated = [openai_chat_router(), completions_router(), platform]
+        gated = [openai_chat_router(), completions_router(), tokenize_router(), platform]
         if parts.queue is None:  # a WebSocket chat stays synchronous
             websocket = chatllm_websocket_router(
                 server, parts.status, parts.admission, parts.call_log
@@ -85,7 +86,8 @@ class LlmApp:
         defaults = sampling_defaults(
             self.parts.config.server.generation_config, self.source.settings.model_path
         )
-        return LlmService.loaded(self.processor, self.runner, limits, defaults)
+        server = self.parts.config.server
+        return LlmService.loaded(self.processor, self.runner, limits, defaults, server)
 
     def answers(self, service: LlmService) -> dict[str, Answer]:
         """Each POST route's answer to a body, as bytes and a status, for requests that come

@@ -101,6 +101,21 @@ class ServerConfig:
         "sampling defaults of the OpenAI routes: auto (the model's generation_config.json), "
         "vllm (none), or a folder holding a generation_config.json",
     )
+    chat_template: str | None = declared(
+        None, "a chat template (a file, or the template itself) instead of the model's own"
+    )
+    enable_auto_tool_choice: bool = declared(
+        False, 'read tool calls of tool_choice "auto" with --tool-call-parser'
+    )
+    tool_call_parser: str | None = declared(
+        None, "vLLM's tool-call parser for the model's format, e.g. hermes, llama3_json"
+    )
+    tool_parser_plugin: str | None = declared(
+        None, "a Python file registering a tool parser of your own (vLLM's plugin API)"
+    )
+    reasoning_parser: str | None = declared(
+        None, "vLLM's reasoning parser, e.g. deepseek_r1, qwen3: the answer's reasoning apart"
+    )
     stream_interval: str = declared(
         "1",
         "tokens per streamed chunk: 1, N, or auto (1, and 2 once the server is busy)",

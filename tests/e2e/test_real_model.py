@@ -23,6 +23,8 @@ def real_server(tmp_path_factory):
     user or an image runs. The converted model stays in the user's cache between runs."""
     port = free_port()
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+    if "PYTHONPATH" in os.environ:  # a checkout run from another folder: its code, not ours
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     server = spawn_server(
         tmp_path_factory.mktemp("real-model"), port, ["--port", str(port), "--token", TOKEN], env
     )
@@ -111,7 +113,7 @@ def test_chatllm_history_and_system_prompt_reach_the_engine_through_the_template
         {"role": "user", "content": QUESTION},
     ]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+    ids = list(ids["input_ids"]) if hasattr(ids, "keys") else list(ids)
     # The template's token ids sent as they are: the engine must see the same prompt.
     direct = requests.post(
         f"{real_server.url}/v1/completions",

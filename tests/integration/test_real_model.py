@@ -40,7 +40,7 @@ def chats(engine) -> list[list[int]]:
         ids = tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
         )
-        prompts.append(ids["input_ids"] if isinstance(ids, dict) else list(ids))
+        prompts.append(list(ids["input_ids"]) if hasattr(ids, "keys") else list(ids))
     return prompts
 
 

@@ -1,4 +1,5 @@
-"""A processor without an engine, for tests of the HTTP layer: step i says `w<i> `.
+"""A processor without an engine, for tests of the HTTP layer: step i says `w<i> `, or, when
+`reply` is set, the reply in chunks of `chunk` characters, then stops as at an end of turn.
 
 Like vLLM, an aborted request ends with a step whose finish_reason is "abort".
 """
@@ -34,6 +35,8 @@ class FakeProcessor:
         self.aborted: list[str] = []
         self.running: set[str] = set()
         self.fail_with: Exception | None = None
+        self.reply: str | None = None
+        self.chunk = 3
 
     async def start(self) -> None:
         pass
@@ -49,6 +52,11 @@ class FakeProcessor:
         prompt_len = len(request.prompt_token_ids)
         total = request.sampling.max_tokens
         finished = False
+        if self.reply is not None:
+            async for step in self._replying(request):
+                yield step
+            self.running.discard(request.request_id)
+            return
         try:
             for i in range(total):
                 await asyncio.sleep(self.step_delay)
@@ -62,6 +70,17 @@ class FakeProcessor:
             self.running.discard(request.request_id)
             if not finished:  # closed early, as when a client leaves: the contract aborts
                 self.aborted.append(request.request_id)
+
+    async def _replying(self, request: GenerationRequest) -> AsyncGenerator[Step, None]:
+        reply, size = self.reply or "", self.chunk
+        parts = [reply[i : i + size] for i in range(0, len(reply), size)] or [""]
+        count = 0
+        for n, part in enumerate(parts):
+            ids = tuple(self.info.tokenizer.encode(part, add_special_tokens=False))
+            count += len(ids)
+            last = n == len(parts) - 1
+            prompt_len = len(request.prompt_token_ids)
+            yield Step(part, prompt_len, count, "stop" if last else None, token_ids=ids)
 
     def check_sampling(self, sampling: SamplingParams) -> None:
         problem = _problem(sampling)

@@ -155,7 +155,8 @@ def test_liveness_reports_engine_load_and_death(fake):
 def test_client_disconnect_aborts_a_non_streaming_request(demo_tokenizer, path):
     fake = FakeProcessor(demo_tokenizer, step_delay=0.05)
     served, app = started_app(fake)
-    body = {"prompt": "x", "max_tokens": 40, "max_new_tokens": 40}  # 2 s unless aborted
+    length = "max_new_tokens" if path == "/" else "max_tokens"
+    body = {"prompt": "x", length: 40}  # 2 s unless aborted
 
     # leave once generation is under way
     post_then_leave(app, path, body, lambda _: served.runner.num_running > 0)
