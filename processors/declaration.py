@@ -59,6 +59,7 @@ class Declared:
     # A problem with a valid-typed value, as the end of "<name> must ...", or None.
     check: Callable[[Any], str | None] | None = None
     metavar: str | None = None
+    aliases: tuple[str, ...] = ()  # more flags and environment names (e.g. vLLM's), same value
 
 
 AUTO_FLAG = "auto"
@@ -74,10 +75,12 @@ def declared(
     secret: bool = False,
     check: Callable[[Any], str | None] | None = None,
     metavar: str | None = None,
+    aliases: Sequence[str] = (),
 ) -> Any:
-    """A dataclass field declaring a setting; `flag` "auto" is `--<name with dashes>`."""
+    """A dataclass field declaring a setting; `flag` "auto" is `--<name with dashes>`;
+    `aliases` are more spellings: flags (`--x`) and environment variables (`X`)."""
     keys = tuple(key if isinstance(key, JsonKey) else JsonKey(key) for key in json)
-    declaration = Declared(help, flag, keys, name, secret, check, metavar)
+    declaration = Declared(help, flag, keys, name, secret, check, metavar, tuple(aliases))
     metadata = {DECLARED: declaration}
     shown = not secret  # a secret stays out of the dataclass's repr too
     if isinstance(default, dict | list):

@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llm-runtime {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve a model (the demo model without --model)")
+    serve = commands.add_parser(
+        "serve", help="serve a model (SmolLM2 without --model)", add_help=False
+    )
     add_serve_arguments(serve)
 
     check = commands.add_parser("check", help="validate a model folder and print what it holds")
@@ -40,11 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    setup_logging()
+    if argv[:1] == ["serve"]:  # its flags include vLLM's, which only vLLM's parser knows
+        return _serve(argv[1:])
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
-    setup_logging()
-    if command == "serve":
-        return _serve(argv[1:])
     if command == "check":
         return _check(args)
     return _demo_model(args["directory"])

@@ -35,12 +35,13 @@ __all__ = [
 
 
 def env_values(environ: Mapping[str, str]) -> dict[str, str]:
-    """Settings given as LLM_RUNTIME_<NAME> variables."""
-    return {
-        setting.name: environ[setting.env]
-        for setting in SETTINGS.values()
-        if setting.env in environ
-    }
+    """Settings given as LLM_RUNTIME_<NAME> variables (or their aliases, e.g. VLLM_API_KEY)."""
+    values = {}
+    for setting in SETTINGS.values():
+        given = [name for name in setting.environment_names if name in environ]
+        if given:
+            values[setting.name] = environ[given[0]]
+    return values
 
 
 def load_config(

@@ -34,8 +34,19 @@ class Setting:
         return "--" + self.name.replace("_", "-") if flag == AUTO_FLAG else flag
 
     @property
+    def flags(self) -> tuple[str, ...]:
+        """The flag and its aliases (e.g. vLLM's spelling)."""
+        aliases = tuple(a for a in self.declared.aliases if a.startswith("--"))
+        return (self.flag, *aliases) if self.flag else aliases
+
+    @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def environment_names(self) -> tuple[str, ...]:
+        """LLM_RUNTIME_<NAME>, then aliases (e.g. vLLM's), which it outranks."""
+        return (self.env, *(a for a in self.declared.aliases if not a.startswith("--")))
 
     @property
     def secret(self) -> bool:

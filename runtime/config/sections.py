@@ -63,6 +63,7 @@ class ServerConfig:
         "service token required in the Authorization header (none: no auth)",
         json=["token"],
         secret=True,
+        aliases=["--api-key", "VLLM_API_KEY"],  # vLLM's spellings
     )
     service_name: str = declared(
         "llm",

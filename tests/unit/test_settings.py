@@ -180,3 +180,48 @@ def test_the_readme_holds_the_table_the_declarations_make():
     assert readme[start:end].strip() == settings_table().strip(), (
         "the README's settings table is out of date: python -m runtime.config.reference"
     )
+
+
+def test_a_vllm_serve_command_line_runs_with_the_program_name_changed():
+    pytest.importorskip("vllm")
+    argv = [
+        *("/mnt/models/qwen", "--port", "8001", "--max-model-len", "4096"),
+        *("--enable-prefix-caching", "--api-key", "k", "--max-num-batched-tokens", "512"),
+        *("--tool-call-parser", "hermes", "--enable-auto-tool-choice"),
+    ]
+    config = serve_config(argv, {})
+    assert config.engine.model_path == "/mnt/models/qwen"  # vLLM's positional model
+    assert (config.server.port, config.engine.max_model_len) == (8001, 4096)
+    assert config.server.token == "k"  # --api-key is the service token
+    assert config.engine.extra_args == {
+        "enable_prefix_caching": True,
+        "max_num_batched_tokens": 512,
+    }
+    assert config.server.tool_call_parser == "hermes"
+    assert config.server.enable_auto_tool_choice is True
+    assert load_config({}, {"VLLM_API_KEY": "from-vllm"}).server.token == "from-vllm"
+    both = {"VLLM_API_KEY": "from-vllm", "LLM_RUNTIME_TOKEN": "ours"}
+    assert load_config({}, both).server.token == "ours"
+
+
+def test_vllm_flags_are_checked_by_vllms_parser_and_unimplemented_ones_refused():
+    pytest.importorskip("vllm")
+    from runtime.config import ConfigError
+
+    with pytest.raises(SystemExit) as exited:  # vLLM's own check of its flag's value
+        serve_config(["--block-size", "many"], {})
+    assert exited.value.code == 2
+    with pytest.raises(ConfigError, match="vLLM's --ssl-keyfile is not supported"):
+        serve_config(["--ssl-keyfile", "/k.pem"], {})
+    assert serve_config(["--disable-uvicorn-access-log"], {}).engine.extra_args == {}
+
+
+def test_serve_help_lists_vllms_engine_arguments(capsys):
+    pytest.importorskip("vllm")
+    with pytest.raises(SystemExit):
+        serve_config(["--help"], {})
+    text = capsys.readouterr().out
+    assert "--grace-period" in text
+    assert "vLLM's engine arguments" in text
+    assert "--enable-prefix-caching" in text
+    assert "--kv-cache-dtype" in text
