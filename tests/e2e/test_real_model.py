@@ -7,6 +7,7 @@ conversation reached the engine right; a real chat model can.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -124,3 +125,134 @@ def test_chatllm_history_and_system_prompt_reach_the_engine_through_the_template
     assert answer["usage"]["prompt_tokens"] == len(ids) == direct["usage"]["prompt_tokens"]
     assert answer["response"] == direct["choices"][0]["text"]
     assert answer["history"] == [*history, [QUESTION, answer["response"]]]
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather like in Paris?"}]
+
+
+def test_a_named_tool_call_validates_against_its_schema_streamed_or_not(client):
+    import jsonschema
+
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    whole = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER],
+        tool_choice=choice,
+        temperature=0,
+        max_tokens=60,
+    )
+    (call,) = whole.choices[0].message.tool_calls
+    assert call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    jsonschema.validate(arguments, WEATHER["function"]["parameters"])
+    streamed = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER],
+        tool_choice=choice,
+        temperature=0,
+        max_tokens=60,
+        stream=True,
+    )
+    pieces = [c.choices[0].delta.tool_calls for c in streamed if c.choices]
+    deltas = [delta for part in pieces if part for delta in part]
+    assert deltas[0].function.name == "get_weather"
+    assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments
+
+
+def test_required_tool_calls_validate_and_a_tool_result_round_trips(client):
+    import jsonschema
+
+    answer = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=80,
+    ).choices[0]
+    assert answer.finish_reason == "tool_calls"
+    assert answer.message.tool_calls
+    for call in answer.message.tool_calls:
+        assert call.function.name == "get_weather"
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+    call = answer.message.tool_calls[0]
+    follow_up = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=[
+            *WEATHER_QUESTION,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'},
+        ],
+        tools=[WEATHER],
+        tool_choice="none",
+        temperature=0,
+        max_tokens=40,
+    )
+    assert follow_up.choices[0].message.content
+
+
+def test_structured_outputs_hold_json_schema_choice_and_regex(client):
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+
+    parsed = client.chat.completions.parse(
+        model="SmolLM2-135M-Instruct",
+        messages=[{"role": "user", "content": "Give me a city in France as JSON."}],
+        response_format=City,
+        temperature=0,
+        max_tokens=60,
+    )
+    city = parsed.choices[0].message.parsed
+    assert isinstance(city, City)
+    assert city.name
+    pick = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=[{"role": "user", "content": "Is Paris in France? Answer yes or no."}],
+        extra_body={"structured_outputs": {"choice": ["yes", "no"]}},
+        temperature=0,
+        max_tokens=5,
+    )
+    assert pick.choices[0].message.content in ("yes", "no")
+    digits = client.completions.create(
+        model="SmolLM2-135M-Instruct",
+        prompt="The year the Eiffel Tower was built:",
+        extra_body={"structured_outputs": {"regex": "[0-9]{4}"}},
+        temperature=0,
+        max_tokens=8,
+    )
+    assert len(digits.choices[0].text) == 4
+    assert digits.choices[0].text.isdigit()
+
+
+def test_a_schema_the_backend_cannot_compile_is_a_400(client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="SmolLM2-135M-Instruct",
+            messages=WEATHER_QUESTION,
+            extra_body={"structured_outputs": {"regex": "(unclosed"}},
+            max_tokens=5,
+        )
+    assert "regex" in str(refused.value).lower()

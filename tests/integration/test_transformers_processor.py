@@ -9,11 +9,12 @@ device, so on a GPU machine these tests check the CUDA path the same way.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import torch
 
-from processors.base import GenerationRequest, ProcessorInputError, SamplingParams
+from processors.base import GenerationRequest, ProcessorInputError, SamplingParams, StructuredOutput
 from processors.settings import EngineSettings
 from processors.transformers_processor import TransformersProcessor
 
@@ -228,3 +229,49 @@ def test_on_a_gpu_auto_dtype_is_half_precision(demo_model_dir):
             assert steps[-1].finish_reason == "length"
         finally:
             runner.run(processor.shutdown())
+
+
+@pytest.mark.parametrize(
+    ("structured", "check"),
+    [
+        (StructuredOutput(choice=("alpha", "beta")), lambda text: text in ("alpha", "beta")),
+        (StructuredOutput(regex="[0-9]{3}-[a-c]{2}"), lambda text: len(text) == 6),
+        (
+            StructuredOutput(
+                json_schema={
+                    "type": "object",
+                    "properties": {"ok": {"type": "boolean"}},
+                    "required": ["ok"],
+                    "additionalProperties": False,
+                }
+            ),
+            lambda text: isinstance(json.loads(text)["ok"], bool),
+        ),
+    ],
+)
+def test_structured_outputs_hold_on_our_engine_beside_free_requests(engine, structured, check):
+    """The random demo model never chooses these texts by itself: only the grammar's mask makes
+    its output fit, while a free request in the same batch is untouched."""
+    processor, runner = engine
+    ids = encode(engine, "Hello")
+
+    async def both():
+        constrained = collect(
+            processor, "constrained", ids, max_tokens=200, temperature=0, structured=structured
+        )
+        free = collect(processor, "free", ids, max_tokens=20, temperature=0)
+        return await asyncio.gather(constrained, free)
+
+    constrained, free = runner.run(both())
+    text = "".join(step.text for step in constrained)
+    assert check(text), text
+    assert constrained[-1].finish_reason == "stop"  # the grammar ended, then the end token
+    alone = runner.run(collect(processor, "alone", ids, max_tokens=20, temperature=0))
+    assert tokens_of(free) == tokens_of(alone)
+
+
+def test_a_grammar_that_cannot_compile_is_an_input_error(engine):
+    processor, runner = engine
+    bad = StructuredOutput(regex="(unclosed")
+    with pytest.raises(ProcessorInputError, match="regular expression cannot be compiled"):
+        runner.run(collect(processor, "bad", encode(engine, "x"), max_tokens=5, structured=bad))
