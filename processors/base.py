@@ -60,6 +60,15 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter a request runs with."""
+
+    name: str  # what clients pass as `model`
+    path: str  # a PEFT folder (adapter_config.json, adapter weights)
+    id: int  # unique while the server runs, never reused
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
     prompt_token_ids: Sequence[int]
@@ -67,6 +76,7 @@ class GenerationRequest:
     # The most new tokens a step may gather (the first and the last step go out at once):
     # fewer steps cost the server less per token. A hint; a processor may send every token.
     stream_interval: int = 1
+    adapter: Adapter | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ class LlmInfo(ProcessorInfo):
     max_model_len: int
     dtype: str
     tokenizer: Tokenizer = field(repr=False)
+    max_adapter_rank: int | None = None  # LoRA adapters up to this rank; None: none served
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "max_context": self.max_model_len, "dtype": self.dtype}
@@ -182,6 +193,11 @@ class LlmProcessor(Processor, Protocol):
     def check_sampling(self, sampling: SamplingParams) -> None:
         """Raises ProcessorInputError, saying why, for sampling values this engine does not
         accept, so they are refused before any engine request starts."""
+        ...
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        """Load a LoRA adapter (ProcessorInputError when it does not fit this model or engine);
+        requests then name it. Only called when `info.max_adapter_rank` is set."""
         ...
 
 

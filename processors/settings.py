@@ -44,6 +44,11 @@ class EngineSettings:
         None, "share of GPU memory the engine may use (default: the engine's)", check=_fraction
     )
     tensor_parallel_size: int = declared(1, "GPUs one model is split over", check=at_least(1))
+    lora_modules: tuple[str, ...] = declared(
+        (),
+        "LoRA adapters clients pick by name as `model`: name=path, or vLLM's JSON form",
+        metavar="NAME=PATH",
+    )
     # Engine-specific pass-through, checked by the processor.
     extra_args: Mapping[str, Any] = declared(
         {},

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from models.tokenizer import load_tokenizer
 from processors.base import (
+    Adapter,
     EngineDeadError,
     GenerationRequest,
     LlmInfo,
@@ -89,6 +90,11 @@ class TransformersProcessor:
         from processors.transformers_engine.grammar import GrammarCompiler
         from processors.transformers_engine.loader import EngineConfigError, load_engine
 
+        if self._settings.lora_modules:
+            raise ValueError(
+                "the transformers processor does not serve LoRA adapters (--lora-modules): "
+                "serve them with --processor vllm"
+            )
         self._loop = asyncio.get_running_loop()
         tokenizer = await asyncio.to_thread(load_tokenizer, self._settings.model_path)
         try:
@@ -143,6 +149,9 @@ class TransformersProcessor:
             del self._streams[request.request_id]
             if not finished:  # closed early: a client left or the request timed out
                 engine.abort(request.request_id)
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        raise ProcessorInputError("the transformers processor does not serve LoRA adapters")
 
     def check_sampling(self, sampling: SamplingParams) -> None:
         problem = sampling_problem(sampling, len(self.info.tokenizer))

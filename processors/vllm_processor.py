@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from models.tokenizer import load_tokenizer
+from processors.adapters import AdapterError, adapter_rank, parse_modules, rank_for
 from processors.base import (
+    Adapter,
     EngineDeadError,
     GenerationRequest,
     LlmInfo,
@@ -80,7 +82,18 @@ class VllmProcessor:
             dtype=str(model_config.dtype).removeprefix("torch."),
             max_concurrency=int(self._engine.vllm_config.scheduler_config.max_num_seqs),
             tokenizer=tokenizer,
+            max_adapter_rank=self._max_adapter_rank(),
         )
+
+    def _max_adapter_rank(self) -> int | None:
+        lora = self._engine.vllm_config.lora_config
+        return int(lora.max_lora_rank) if lora is not None else None
+
+    async def load_adapter(self, adapter: Adapter) -> None:
+        try:
+            await self._engine.add_lora(_lora_request(adapter))
+        except Exception as exc:  # vLLM raises ValueError and its own load errors
+            raise ProcessorInputError(f"LoRA adapter {adapter.name}: {exc}") from exc
 
     def _engine_kwargs(self, args_class: type) -> dict[str, Any]:
         s = self._settings
@@ -104,6 +117,7 @@ class VllmProcessor:
                 "(--engine-arg takes fields of vllm.engine.arg_utils.AsyncEngineArgs)"
             )
         kwargs.update(s.extra_args)
+        kwargs.update(_lora_kwargs(s, kwargs))
         kv_cache = self._cpu_kv_cache(kwargs["dtype"])
         if kv_cache is not None:
             kwargs[ENGINE_ARG] = kv_cache.num_bytes
@@ -184,7 +198,8 @@ class VllmProcessor:
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise ProcessorInputError(str(exc)) from exc
         prompt = self._engine_input(list(request.prompt_token_ids))
-        outputs = self._engine.generate(prompt, params, request.request_id)
+        lora = _lora_request(request.adapter) if request.adapter is not None else None
+        outputs = self._engine.generate(prompt, params, request.request_id, lora_request=lora)
         num_prompt_tokens = len(request.prompt_token_ids)
         num_output_tokens = 0
         finished = False
@@ -244,6 +259,29 @@ class VllmProcessor:
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await asyncio.to_thread(engine.shutdown)
+
+
+def _lora_kwargs(settings: EngineSettings, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """LoRA on when adapters are named, with a rank that takes them all (unless given)."""
+    modules = parse_modules(settings.lora_modules)
+    if not modules:
+        return {}
+    ranks = [adapter_rank(module.path) for module in modules]
+    lora: dict[str, Any] = {"enable_lora": True}
+    if "max_lora_rank" not in settings.extra_args:
+        lora["max_lora_rank"] = rank_for(ranks)
+    elif max(ranks) > int(kwargs["max_lora_rank"]):
+        raise AdapterError(
+            f"--max-lora-rank {kwargs['max_lora_rank']} is below the rank {max(ranks)} of "
+            f"adapter {modules[ranks.index(max(ranks))].name}"
+        )
+    return lora
+
+
+def _lora_request(adapter: Adapter) -> Any:
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(adapter.name, adapter.id, adapter.path)
 
 
 def _cpu_capability() -> str:

@@ -15,7 +15,14 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
-from processors.base import GenerationRequest, LlmProcessor, SamplingParams, Step, TokenLogprob
+from processors.base import (
+    Adapter,
+    GenerationRequest,
+    LlmProcessor,
+    SamplingParams,
+    Step,
+    TokenLogprob,
+)
 from runtime.call_log import current_call
 from runtime.errors import ApiError, ErrorKind, from_exception
 from runtime.metrics import Metrics
@@ -104,10 +111,18 @@ class GenerationRunner:
         return 1 if self.num_running < BUSY_RUNNING else 2
 
     async def stream(
-        self, request_id: str, prompt_token_ids: Sequence[int], sampling: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        sampling: SamplingParams,
+        adapter: Adapter | None = None,
     ) -> AsyncGenerator[Step, None]:
         request = GenerationRequest(
-            request_id, prompt_token_ids, sampling, stream_interval=self._stream_interval()
+            request_id,
+            prompt_token_ids,
+            sampling,
+            stream_interval=self._stream_interval(),
+            adapter=adapter,
         )
         call = current_call()  # the call record this request's steps go to, if any
         call.note_request(request_id)
@@ -176,7 +191,12 @@ class GenerationRunner:
         return len(running)
 
     def stream_choices(
-        self, request_id: str, prompts: Sequence[Sequence[int]], sampling: SamplingParams, n: int
+        self,
+        request_id: str,
+        prompts: Sequence[Sequence[int]],
+        sampling: SamplingParams,
+        n: int,
+        adapter: Adapter | None = None,
     ) -> AsyncGenerator[tuple[int, Step], None]:
         """Steps of `n` choices per prompt, tagged with their choice index, as they come."""
         current_call().note_request(request_id)  # before the choices' suffixed ids
@@ -189,14 +209,19 @@ class GenerationRunner:
                     seeded = replace(sampling, seed=sampling.seed + sample)
                 index = prompt_index * n + sample
                 suffix = f"-{index}" if len(prompts) * n > 1 else ""
-                streams.append(self.stream(request_id + suffix, prompt, seeded))
+                streams.append(self.stream(request_id + suffix, prompt, seeded, adapter))
         return merge_indexed(streams)
 
     async def complete(
-        self, request_id: str, prompts: Sequence[Sequence[int]], sampling: SamplingParams, n: int
+        self,
+        request_id: str,
+        prompts: Sequence[Sequence[int]],
+        sampling: SamplingParams,
+        n: int,
+        adapter: Adapter | None = None,
     ) -> list[Choice]:
         choices = [Choice() for _ in range(len(prompts) * n)]
-        async for index, step in self.stream_choices(request_id, prompts, sampling, n):
+        async for index, step in self.stream_choices(request_id, prompts, sampling, n, adapter):
             choices[index].add(step)
         return choices
 

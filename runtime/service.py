@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends
 
-from processors.base import LlmInfo, LlmProcessor, ProcessorInputError, SamplingParams
+from processors.base import Adapter, LlmInfo, LlmProcessor, ProcessorInputError, SamplingParams
+from runtime.adapters import AdapterRegistry
 from runtime.admission import admitted_service
 from runtime.api.chat_output import OutputParsing
 from runtime.config import ServerConfig
-from runtime.errors import bad_request
+from runtime.errors import ApiError, ErrorKind, bad_request
 from runtime.generation import GenerationRunner
 from runtime.prompting import PromptBuilder
 
@@ -51,6 +52,7 @@ class LlmService:
     # The model's sampling defaults for the OpenAI routes (runtime/sampling_defaults.py).
     sampling_defaults: Mapping[str, Any] = field(default_factory=dict)
     parsing: OutputParsing = field(default_factory=OutputParsing)  # tool calls, reasoning
+    adapters: AdapterRegistry | None = None  # LoRA adapters by name
 
     @classmethod
     def loaded(
@@ -60,6 +62,7 @@ class LlmService:
         limits: RequestLimits,
         sampling_defaults: Mapping[str, Any],
         server: ServerConfig,
+        adapters: AdapterRegistry,
     ) -> LlmService:
         info = processor.info
         prompts = PromptBuilder(
@@ -72,7 +75,20 @@ class LlmService:
             server.tool_parser_plugin,
             info.tokenizer,
         )
-        return cls(info, prompts, runner, limits, processor, sampling_defaults, parsing)
+        return cls(info, prompts, runner, limits, processor, sampling_defaults, parsing, adapters)
+
+    def model(self, named: str | None) -> tuple[str, Adapter | None]:
+        """The served name a request's `model` asks for (404 for none served), and its
+        LoRA adapter (None: the base model)."""
+        if self.adapters is not None:
+            return self.adapters.resolve(named)
+        if named is not None and named != self.info.model_name:
+            raise ApiError(
+                ErrorKind.NOT_FOUND,
+                f"The model `{named}` does not exist; this server serves `{self.info.model_name}`",
+                param="model",
+            )
+        return self.info.model_name, None
 
     def check_sampling(self, sampling: SamplingParams) -> SamplingParams:
         """`sampling` as the processor accepts it, or ApiError 400 saying why not."""

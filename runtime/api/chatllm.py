@@ -85,19 +85,22 @@ class ChatLLM:
         self.streaming = not is_plain and (
             stream_default if self.chat.use_stream_chat is None else self.chat.use_stream_chat
         )
+        _, self._adapter = service.model(self.chat.model)
         self._runner = service.runner
         self._request_id = new_request_id("chatllm")
 
     async def whole(self, request: Request | None = None) -> bytes:
         """The answer as one JSON object (stopped when `request`'s client leaves)."""
-        work = self._runner.complete(self._request_id, [self.prompt_ids], self.sampling, n=1)
+        work = self._runner.complete(
+            self._request_id, [self.prompt_ids], self.sampling, n=1, adapter=self._adapter
+        )
         (choice,) = await unless_disconnected(request, work)
         num_prompt = len(self.prompt_ids)
         return orjson.dumps(_answer(self.chat, choice.text, num_prompt, choice.num_output_tokens))
 
     def records(self) -> AsyncGenerator[bytes, None]:
         """The streamed answer's records; an error ends it by raising."""
-        steps = self._runner.stream(self._request_id, self.prompt_ids, self.sampling)
+        steps = self._runner.stream(self._request_id, self.prompt_ids, self.sampling, self._adapter)
         return _records(self.chat, len(self.prompt_ids), steps)
 
 

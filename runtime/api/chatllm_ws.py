@@ -151,8 +151,9 @@ class ChatSession:
             return
         chat = chat.model_copy(update={"system_prompt": system_prompt, "history": history})
         prompt_ids, sampling = prepare_chat(self.service, chat)
+        _, adapter = self.service.model(chat.model)
         streaming = chat.use_stream_chat is not False  # true unless asked otherwise
-        steps = self.service.runner.stream(new_request_id("chatllm"), prompt_ids, sampling)
+        steps = self.service.runner.stream(new_request_id("chatllm"), prompt_ids, sampling, adapter)
         text = ""
         async with aclosing(steps):  # closing it early aborts the request in the engine
             async for step in steps:

@@ -27,40 +27,27 @@ from runtime.api.framing import (
     sse_head,
     sse_response,
 )
-from runtime.api.openai_schema import ChatCompletionRequest, OpenAISampling
+from runtime.api.openai_schema import ChatCompletionRequest
 from runtime.api.tools import check_tools, template_tools, tool_constraint
-from runtime.errors import ApiError, ErrorKind, bad_request, from_exception
+from runtime.errors import bad_request, from_exception
 from runtime.generation import Choice, new_request_id, usage
 from runtime.prompting import ChatPrompt, text_of
 from runtime.service import AdmittedLlm, LlmService
 
 
-def check_model(service: LlmService, body: OpenAISampling) -> str:
-    served = service.info.model_name
-    if body.model is not None and body.model != served:
-        raise ApiError(
-            ErrorKind.NOT_FOUND,
-            f"The model `{body.model}` does not exist; this server serves `{served}`",
-            param="model",
-        )
-    return served
-
-
 def openai_chat_router() -> APIRouter:
     router = APIRouter(prefix="/v1")
 
-    @router.get("/models", summary="The served model")
+    @router.get("/models", summary="The served model and its LoRA adapters")
     async def list_models(service: AdmittedLlm) -> Response:
         info = service.info
-        model = {
-            "id": info.model_name,
-            "object": "model",
-            "created": int(time.time()),
-            "owned_by": "llm-runtime",
-            "root": info.model_path,
-            "max_model_len": info.max_model_len,
-        }
-        return json_response({"object": "list", "data": [model]})
+        common = {"object": "model", "created": int(time.time()), "owned_by": "llm-runtime"}
+        base = {"id": info.model_name, "root": info.model_path, "parent": None}
+        adapters = service.adapters.listed() if service.adapters is not None else []
+        models = [
+            {**common, **model, "max_model_len": info.max_model_len} for model in [base, *adapters]
+        ]
+        return json_response({"object": "list", "data": models})
 
     @router.post("/chat/completions", summary="OpenAI chat completions")
     async def chat_completions(
@@ -106,7 +93,7 @@ async def answer_chat(
 ) -> Response:
     """The chat completion, streamed or whole (stopped when `request`'s client leaves)."""
     refuse_unhonoured(body)
-    model = check_model(service, body)
+    model, adapter = service.model(body.model)
     check_tools(body, service.parsing.auto_tools)
     output = ChatOutput(body, service.parsing, service.info.tokenizer)
     messages = chat_messages(body)
@@ -145,10 +132,10 @@ async def answer_chat(
     echo = last["content"] if body.echo and last["role"] == "assistant" else ""
     runner = service.runner
     if body.stream:
-        steps = runner.stream_choices(request_id, [prompt_ids], sampling, body.n)
+        steps = runner.stream_choices(request_id, [prompt_ids], sampling, body.n, adapter)
         events = _stream(head, body, output, echo, len(prompt_ids), await primed(steps))
         return sse_response(events)
-    work = runner.complete(request_id, [prompt_ids], sampling, body.n)
+    work = runner.complete(request_id, [prompt_ids], sampling, body.n, adapter)
     choices = await unless_disconnected(request, work)
     answers = []
     for index, choice in enumerate(choices):

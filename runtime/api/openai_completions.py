@@ -27,7 +27,6 @@ from runtime.api.framing import (
     sse_head,
     sse_response,
 )
-from runtime.api.openai_chat import check_model
 from runtime.api.openai_schema import CompletionRequest
 from runtime.errors import bad_request, from_exception
 from runtime.generation import Choice, new_request_id, usage
@@ -79,7 +78,7 @@ async def answer_completion(
 ) -> Response:
     """The completion, streamed or whole (stopped when `request`'s client leaves)."""
     refuse_unhonoured(body)
-    model = check_model(service, body)
+    model, adapter = service.model(body.model)
     service.limits.check(num_prompts(body), body.n)  # before any prompt is tokenized
     prompts = prompt_token_ids(service.prompts, body)
     longest = max(len(ids) for ids in prompts)
@@ -102,9 +101,9 @@ async def answer_completion(
     num_prompt = sum(len(ids) for ids in prompts)
     runner = service.runner
     if body.stream:
-        steps = runner.stream_choices(request_id, prompts, sampling, body.n)
+        steps = runner.stream_choices(request_id, prompts, sampling, body.n, adapter)
         return sse_response(_stream(head, body, echoes, num_prompt, await primed(steps)))
-    work = runner.complete(request_id, prompts, sampling, body.n)
+    work = runner.complete(request_id, prompts, sampling, body.n, adapter)
     choices = await unless_disconnected(request, work)
     return json_response(
         {

@@ -47,6 +47,7 @@ class ChatLLMRequest(_Body):
     stop_sequences: Stop = None
     seed: int | None = None
     langchain: bool = False  # retrieval plug-in; without a knowledge base, answer directly
+    model: str | None = None  # a LoRA adapter's name picks it, as on the OpenAI routes
 
     @property
     def text(self) -> str:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from runtime.api.fields import refuse_unhonoured
 from runtime.api.framing import json_response
-from runtime.api.openai_chat import chat_messages, check_model
+from runtime.api.openai_chat import chat_messages
 from runtime.api.openai_schema import ChatCompletionRequest, ChatMessage, OpenAIBody, Tool
 from runtime.api.tools import template_tools
 from runtime.errors import bad_request
@@ -46,7 +46,7 @@ def tokenize_router() -> APIRouter:
     @router.post("/detokenize", summary="token ids to text (vLLM's)")
     async def detokenize(body: DetokenizeRequest, service: AdmittedLlm) -> Response:
         refuse_unhonoured(body)
-        check_model(service, body)  # type: ignore[arg-type]
+        service.model(body.model)
         service.prompts.check_token_ids(body.tokens, "tokens")
         return json_response({"prompt": service.prompts.decode(body.tokens)})
 
@@ -55,7 +55,7 @@ def tokenize_router() -> APIRouter:
 
 def tokenized(service: LlmService, body: TokenizeRequest) -> dict[str, Any]:
     refuse_unhonoured(body)
-    check_model(service, body)  # type: ignore[arg-type]
+    service.model(body.model)
     tokenizer = service.info.tokenizer
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("send a prompt or messages, one of them", param="prompt")

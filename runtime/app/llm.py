@@ -9,9 +9,11 @@ import logging
 from fastapi import FastAPI
 
 from processors.base import LlmProcessor
+from runtime.adapters import AdapterRegistry
 from runtime.api.answers import Answer, openai_answer
 from runtime.api.chatllm import answer_chatllm, chatllm_router
 from runtime.api.chatllm_ws import chatllm_websocket_router
+from runtime.api.lora import lora_router
 from runtime.api.openai_chat import answer_chat, openai_chat_router
 from runtime.api.openai_completions import answer_completion, completions_router
 from runtime.api.openai_schema import ChatCompletionRequest, CompletionRequest
@@ -46,6 +48,8 @@ class LlmApp:
         else:
             platform = chatllm_router(server)
         gated = [openai_chat_router(), completions_router(), tokenize_router(), platform]
+        if server.allow_runtime_lora_updating:
+            gated.append(lora_router())
         if parts.queue is None:  # a WebSocket chat stays synchronous
             websocket = chatllm_websocket_router(
                 server, parts.status, parts.admission, parts.call_log
@@ -87,7 +91,11 @@ class LlmApp:
             self.parts.config.server.generation_config, self.source.settings.model_path
         )
         server = self.parts.config.server
-        return LlmService.loaded(self.processor, self.runner, limits, defaults, server)
+        adapters = AdapterRegistry(
+            self.processor, info.model_name, server.allow_runtime_lora_updating
+        )
+        await adapters.load_configured(self.source.settings.lora_modules)
+        return LlmService.loaded(self.processor, self.runner, limits, defaults, server, adapters)
 
     def answers(self, service: LlmService) -> dict[str, Answer]:
         """Each POST route's answer to a body, as bytes and a status, for requests that come

@@ -53,6 +53,15 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         common: dict[str, Any] = {"dest": setting.name, "default": argparse.SUPPRESS}
         if setting.kind == "bool":
             parser.add_argument(*setting.flags, action="store_true", help=help_text, **common)
+        elif setting.kind == "list":  # one or more values, repeatable
+            parser.add_argument(
+                *setting.flags,
+                nargs="+",
+                action="extend",
+                metavar=setting.declared.metavar,
+                help=help_text,
+                **common,
+            )
         elif setting.kind == "dict":  # KEY=VALUE, repeatable
             parser.add_argument(
                 *setting.flags,

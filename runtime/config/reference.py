@@ -36,6 +36,8 @@ def _flag(setting: Setting) -> str:
         return ""
     if setting.kind == "dict":
         return f"`{setting.flag} KEY=VALUE` (repeatable)"
+    if setting.kind == "list":
+        return f"`{setting.flag} {setting.declared.metavar or 'VALUE'} ...`"
     return f"`{setting.flag}`"
 
 

@@ -102,6 +102,11 @@ class ServerConfig:
         "sampling defaults of the OpenAI routes: auto (the model's generation_config.json), "
         "vllm (none), or a folder holding a generation_config.json",
     )
+    allow_runtime_lora_updating: bool = declared(
+        False,
+        "serve /v1/load_lora_adapter and /v1/unload_lora_adapter",
+        aliases=["VLLM_ALLOW_RUNTIME_LORA_UPDATING"],  # vLLM's switch
+    )
     chat_template: str | None = declared(
         None, "a chat template (a file, or the template itself) instead of the model's own"
     )

@@ -37,6 +37,7 @@ class FakeProcessor:
         self.fail_with: Exception | None = None
         self.reply: str | None = None
         self.chunk = 3
+        self.adapters: list = []  # LoRA adapters loaded (set info.max_adapter_rank to serve them)
 
     async def start(self) -> None:
         pass
@@ -86,6 +87,9 @@ class FakeProcessor:
         problem = _problem(sampling)
         if problem is not None:
             raise ProcessorInputError(problem)
+
+    async def load_adapter(self, adapter) -> None:
+        self.adapters.append(adapter)
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
