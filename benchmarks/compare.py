@@ -32,7 +32,7 @@ from benchmarks.report import markdown_table, medians
 from benchmarks.servers import EngineSettings, cpu_seconds, running_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SERVERS = ("ours", "vllm")
+SERVERS = ("ours", "vllm", "baseline")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=["ours", "vllm"])
     parser.add_argument(
         "--offline-rounds",
         type=int,
@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="a flag for the runtime alone, e.g. --ours-arg=--stream-interval=auto (repeatable)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of the runtime at an earlier commit (git worktree add DIR COMMIT): "
+        "the 'baseline' server runs its code, for a before/after in one run "
+        "(--servers ours baseline)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
@@ -117,10 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         for kind in order:
             log_path = work / f"{kind}-round{round_index}.log"
             print(f"round {round_index + 1}/{args.rounds}: {kind} starting", flush=True)
-            own = settings
-            if kind == "ours":
+            own, own_env, launched = settings, env, kind
+            if kind in ("ours", "baseline"):
                 own = replace(settings, extra_args=(*settings.extra_args, *args.ours_arg))
-            with running_server(kind, own, log_path, env) as (base_url, ready_s, pid):
+            if kind == "baseline":  # the same runtime, its code from the earlier checkout
+                if args.baseline is None:
+                    parser_error = "--servers baseline needs --baseline DIR"
+                    raise SystemExit(parser_error)
+                own_env, launched = {**env, "PYTHONPATH": str(args.baseline)}, "ours"
+            with running_server(launched, own, log_path, own_env) as (base_url, ready_s, pid):
                 for level in args.concurrency:
                     cpu_before = cpu_seconds(pid)
                     records, duration = asyncio.run(
@@ -167,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                 entry = {"round": round_index, "server": "offline", "level": int(level)}
                 runs.append({**entry, "summary": summary})
 
-    table = medians(runs)
-    markdown = markdown_table(table, args.concurrency)
+    other = "baseline" if "baseline" in args.servers else "vllm"
+    table = medians(runs, other)
+    label = f"baseline ({args.baseline})" if other == "baseline" else "vLLM server"
+    markdown = markdown_table(table, args.concurrency, label)
     result = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.compare", *sys.argv[1:]]),
@@ -183,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "server_args": args.server_arg,
             "ours_args": args.ours_arg,
             "env": env,
+            "baseline": str(args.baseline) if args.baseline else None,
         },
         "workload": {
             "backend": args.backend,
