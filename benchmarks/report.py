@@ -70,6 +70,9 @@ def _paired(by: dict, level: int, rounds: list[int], a: str, b: str) -> dict[str
 
 
 def markdown_table(table: dict[str, Any], levels: list[int], other: str = "vLLM server") -> str:
+    """The table; the goals are the issue's goals against vLLM's server, so a comparison with
+    another contender (a baseline checkout) shows none."""
+    with_goals = other == "vLLM server"
     lines = [
         f"| c | metric | ours | {other} | ours/{other.split()[0]} | goal |",
         "|---:|---|---:|---:|---:|---|",
@@ -82,7 +85,7 @@ def markdown_table(table: dict[str, Any], levels: list[int], other: str = "vLLM 
             ratio = row.get("ours_over_other", {}).get(key)
             lines.append(
                 f"| {level} | {label} | {_num(ours)} | {_num(theirs)} | {_ratio(ratio)} | "
-                f"{_goal_cell(goal(key, level), ratio)} |"
+                f"{_goal_cell(goal(key, level) if with_goals else None, ratio)} |"
             )
     lines += [
         "",

@@ -43,4 +43,4 @@ def test_a_baseline_checkout_takes_the_place_of_vllm():
     runs = [run("ours", 16, 0, 90.0, 10.0), run("baseline", 16, 0, 100.0, 10.0)]
     table = markdown_table(medians(runs, "baseline"), [16], "baseline (/work/base)")
     assert "| c | metric | ours | baseline (/work/base) | ours/baseline | goal |" in table
-    assert "| 16 | output tok/s | 90.00 | 100 | 0.90 | >= 1.00 NOT met |" in table
+    assert "| 16 | output tok/s | 90.00 | 100 | 0.90 |  |" in table  # vLLM's goals: not here
