@@ -88,7 +88,9 @@ _CONVERTERS = {
 
 
 def build_config(
-    layers: list[tuple[str, Mapping[str, Any]]], ignored_keys: tuple[str, ...] = ()
+    layers: list[tuple[str, Mapping[str, Any]]],
+    ignored_keys: tuple[str, ...] = (),
+    service_json: str | None = None,
 ) -> RuntimeConfig:
     """Merge `(source, values)` layers, lowest precedence first, into a validated config."""
     merged: dict[str, Any] = {}
@@ -115,7 +117,7 @@ def build_config(
     defaults = RuntimeConfig()
     for section, values in sections.items():
         top[section] = dataclasses.replace(getattr(defaults, section), **values)
-    return RuntimeConfig(**top, ignored_keys=tuple(ignored_keys))
+    return RuntimeConfig(**top, ignored_keys=tuple(ignored_keys), service_json=service_json)
 
 
 def _check(setting: Setting, value: Any) -> None:
