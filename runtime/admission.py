@@ -22,7 +22,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.asgi import refuse
+from runtime.asgi import refuse, route_path
 from runtime.errors import ApiError, ErrorKind
 from runtime.metrics import Metrics
 from runtime.phase import LOADED_PHASES, Phase, ServingStatus
@@ -162,7 +162,7 @@ class AdmissionMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         method = "WEBSOCKET" if kind == "websocket" else scope.get("method", "")
-        if kind not in ("http", "websocket") or (scope["path"], method) not in self.gated:
+        if kind not in ("http", "websocket") or (route_path(scope), method) not in self.gated:
             await self.app(scope, receive, send)
             return
         is_websocket = kind == "websocket"

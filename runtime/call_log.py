@@ -29,6 +29,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processors.base import Step
+from runtime.asgi import route_path
 from runtime.config import CallLogConfig
 from runtime.errors import ApiError
 
@@ -261,7 +262,7 @@ class CallLogMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        call = CallRecord("POST", scope["path"], scope.get("client"))
+        call = CallRecord("POST", route_path(scope), scope.get("client"))
         call.status = 500  # unless an answer starts
 
         async def recording_receive() -> Message:

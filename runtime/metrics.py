@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processors.base import ProcessorStats
+from runtime.asgi import route_path
 
 # vLLM's buckets, so histograms line up with dashboards built for vLLM
 # fmt: off
@@ -215,6 +216,7 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             # Unknown paths share one label, so scanners cannot blow up the series count.
-            route = scope["path"] if scope["path"] in self._routes else "other"
+            path = route_path(scope)
+            route = path if path in self._routes else "other"
             self.metrics.http_requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.http_latency.labels(route).observe(time.perf_counter() - started)

@@ -47,6 +47,8 @@ class LlmService:
     processor: LlmProcessor  # for its checks of what a request asks
     # The model's sampling defaults for the OpenAI routes (runtime/sampling_defaults.py).
     sampling_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # Seconds an SSE stream waits for its first token before comments keep it alive (0: never).
+    sse_keep_alive: float = 0.0
 
     @classmethod
     def loaded(
@@ -55,10 +57,16 @@ class LlmService:
         runner: GenerationRunner,
         limits: RequestLimits,
         sampling_defaults: Mapping[str, Any],
+        sse_keep_alive: float = 0.0,
     ) -> LlmService:
         info = processor.info
         prompts = PromptBuilder(info.tokenizer, info.max_model_len)
-        return cls(info, prompts, runner, limits, processor, sampling_defaults)
+        return cls(info, prompts, runner, limits, processor, sampling_defaults, sse_keep_alive)
+
+    def keep_alive(self, request: object | None) -> float:
+        """The keep-alive interval of a stream to a client; none for an answer the queue or
+        the warm-up reads whole."""
+        return self.sse_keep_alive if request is not None else 0.0
 
     def check_sampling(self, sampling: SamplingParams) -> SamplingParams:
         """`sampling` as the processor accepts it, or ApiError 400 saying why not."""

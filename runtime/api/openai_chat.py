@@ -15,11 +15,10 @@ from runtime.api.disconnect import unless_disconnected
 from runtime.api.framing import (
     SSE_DONE,
     json_response,
-    primed,
     sse_event,
     sse_event_after,
     sse_head,
-    sse_response,
+    sse_stream,
 )
 from runtime.api.schema import ChatCompletionRequest, OpenAISampling
 from runtime.errors import ApiError, ErrorKind, from_exception
@@ -91,7 +90,11 @@ async def answer_chat(
     runner = service.runner
     if body.stream:
         steps = runner.stream_choices(request_id, [prompt_ids], sampling, body.n)
-        return sse_response(_stream(head, body, len(prompt_ids), await primed(steps)))
+        return await sse_stream(
+            lambda primed: _stream(head, body, len(prompt_ids), primed),
+            steps,
+            service.keep_alive(request),
+        )
     work = runner.complete(request_id, [prompt_ids], sampling, body.n)
     choices = await unless_disconnected(request, work)
     return json_response(

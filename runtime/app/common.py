@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
@@ -72,7 +73,16 @@ def build_app(
     """The app: the shared routes, `gated` (the served model's routes, behind the admission
     gate), `pages` (served without the token) and `ungated` routes, with every middleware."""
     config, status, admission = parts.config, parts.status, parts.admission
-    app = FastAPI(title="llm-runtime", version=__version__, docs_url=None, redoc_url=None)
+    http = config.http
+    docs = not http.disable_fastapi_docs  # as vLLM's server: on unless disabled
+    app = FastAPI(
+        title="llm-runtime",
+        version=__version__,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+        root_path=http.root_path,
+    )
     app.include_router(health_router(config.server, status, admission, processor))
     app.include_router(introspection_router(config, status, admission, parts.metrics, processor))
     for router in gated:
@@ -81,7 +91,8 @@ def build_app(
         app.include_router(router)
     _add_error_handlers(app)
     # Starlette runs the last added middleware first: call records and HTTP metrics (which see
-    # every answer), body limit, auth, then admission.
+    # every answer), CORS (a preflight carries no token; a 401 needs CORS headers for the
+    # browser to read it), body limit, auth, then admission.
     app.add_middleware(AdmissionMiddleware, admission=admission, gated=_endpoints(gated))
     server = config.server
     if server.token:
@@ -99,6 +110,14 @@ def build_app(
         max_body_bytes=lifecycle.max_body_bytes,
         read_timeout=lifecycle.request_read_timeout,
     )
+    if http.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(http.allowed_origins),
+            allow_methods=list(http.allowed_methods),
+            allow_headers=list(http.allowed_headers),
+            allow_credentials=http.allow_credentials,
+        )
     routes = frozenset(getattr(route, "path", "") for route in app.routes)
     app.add_middleware(HttpMetricsMiddleware, metrics=parts.metrics, routes=routes)
     if parts.call_log is not None:

@@ -85,7 +85,8 @@ class LlmApp:
         defaults = sampling_defaults(
             self.parts.config.server.generation_config, self.source.settings.model_path
         )
-        return LlmService.loaded(self.processor, self.runner, limits, defaults)
+        keep_alive = self.parts.config.http.sse_keep_alive
+        return LlmService.loaded(self.processor, self.runner, limits, defaults, keep_alive)
 
     def answers(self, service: LlmService) -> dict[str, Answer]:
         """Each POST route's answer to a body, as bytes and a status, for requests that come
