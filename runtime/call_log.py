@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -179,9 +180,10 @@ class CallLog:
         if self._thread is not None:
             return
         config = self.config
+        path = str(config.path)
         self._handler = RotatingFileHandler(
-            str(config.path),
-            maxBytes=config.max_bytes,
+            path,
+            maxBytes=0 if is_stream(path) else config.max_bytes,
             backupCount=config.backups,
             encoding="utf-8",
         )
@@ -234,6 +236,13 @@ class CallLog:
                 log.exception("call log: a record could not be written")
             finally:
                 self._queue.task_done()
+
+
+def is_stream(path: str) -> bool:
+    """/dev/stdout (the log shipper's way in a container) and other non-files never rotate."""
+    return path.startswith(("/dev/", "/proc/")) or (
+        os.path.exists(path) and not os.path.isfile(path)
+    )
 
 
 @contextmanager

@@ -123,7 +123,7 @@ class GenerationRunner:
                             if reason.kind is ErrorKind.TIMEOUT:
                                 self.metrics.timeouts.inc()
                             raise reason
-                    timer.step(step.num_output_tokens - num_output_tokens)
+                    timer.step(step.num_output_tokens - num_output_tokens, step.num_prompt_tokens)
                     num_output_tokens = step.num_output_tokens
                     if step.finish_reason is not None:
                         finished = True

@@ -27,9 +27,21 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 ENGINE_LABELS = ("model_name", "engine")
 
 
+class TokenCounts:
+    """Tokens processed so far, as plain numbers for the throughput line: prompt tokens when a
+    request's first token arrives, generated tokens as they stream."""
+
+    __slots__ = ("generation", "prompt")
+
+    def __init__(self) -> None:
+        self.prompt = 0
+        self.generation = 0
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.tokens = TokenCounts()
         self._labels: tuple[str, str] = ("", "0")
         r = self.registry
         self.num_running = Gauge(
@@ -158,6 +170,7 @@ class _BoundEngineMetrics:
         self.generation_tokens = metrics.generation_tokens.labels(*labels)
         self.request_success = metrics.request_success
         self.labels = labels
+        self.tokens = metrics.tokens
 
 
 class RequestTimer:
@@ -170,11 +183,13 @@ class RequestTimer:
         self._started = self._last = time.perf_counter()
         self._first: float | None = None
 
-    def step(self, num_new_tokens: int) -> None:
+    def step(self, num_new_tokens: int, num_prompt_tokens: int = 0) -> None:
         now = time.perf_counter()
+        self._bound.tokens.generation += num_new_tokens
         if self._first is None:
             self._first = now
             self._bound.ttft.observe(now - self._started)
+            self._bound.tokens.prompt += num_prompt_tokens
         elif num_new_tokens:
             self._bound.itl.observe(now - self._last)
         self._last = now

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 
+from models.cache import cache_dir
 from models.validate import ModelCheckError
 from processors.allspark_api import BaseProcessor
 from processors.custom_processor import CustomProcessor
@@ -23,7 +24,7 @@ from runtime.app import LlmApp, RawApp, ServedApp, ServingParts
 from runtime.config import ConfigError, RuntimeConfig
 from runtime.config.flags import serve_config
 from runtime.lifecycle import EXIT_START_ERROR, Lifecycle
-from runtime.logs import setup_logging
+from runtime.logs import configure_logging, setup_logging
 from runtime.model_source import resolve_model
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def serve_user_processor(user: BaseProcessor, argv: list[str]) -> int:
 
 def _run(parts: ServingParts, served: ServedApp) -> int:
     config = parts.config
-    logging.getLogger().setLevel(config.server.log_level.upper())
+    configure_logging(config.observability.log_format, config.server.log_level, cache_dir())
     log.info("config in effect: %s", config.redacted())
     reserved = reserved_port_warning(config)
     if reserved:
