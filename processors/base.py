@@ -9,7 +9,7 @@ lifecycle part, `Processor`: start, health, load, shutdown.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -42,6 +42,9 @@ class GenerationRequest:
     # The most new tokens a step may gather (the first and the last step go out at once):
     # fewer steps cost the server less per token. A hint; a processor may send every token.
     stream_interval: int = 1
+    # W3C trace context (traceparent) of the runtime's span for this request, when traced: an
+    # engine with spans of its own makes them children of it.
+    trace_headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)

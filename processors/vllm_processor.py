@@ -67,7 +67,8 @@ class VllmProcessor:
         self._engine = await asyncio.to_thread(
             AsyncLLM.from_engine_args, engine_args, stat_loggers=[self._stat_logger_factory]
         )
-        _skip_request_stats(self._engine)
+        if not self.keeps_request_stats:
+            _skip_request_stats(self._engine)
         self._engine_input = _engine_input_factory()
         tokenizer = await asyncio.to_thread(load_tokenizer, self._settings.model_path)
         model_config = self._engine.model_config
@@ -81,6 +82,12 @@ class VllmProcessor:
             tokenizer=tokenizer,
         )
 
+    @property
+    def keeps_request_stats(self) -> bool:
+        """vLLM's per-request stats stay on when asked for, and when tracing: its tracing reads
+        them at every finished request (and asserts they are there)."""
+        return self._settings.engine_request_stats or self._settings.traces_endpoint is not None
+
     def _engine_kwargs(self, args_class: type) -> dict[str, Any]:
         s = self._settings
         kwargs: dict[str, Any] = {
@@ -90,6 +97,7 @@ class VllmProcessor:
             "served_model_name": s.served_model_name,
         }
         optional = {
+            "otlp_traces_endpoint": s.otlp_traces_endpoint,  # vLLM's own spans, same collector
             "max_model_len": s.max_model_len,
             "max_num_seqs": s.max_num_seqs,
             "gpu_memory_utilization": s.gpu_memory_utilization,
@@ -183,7 +191,9 @@ class VllmProcessor:
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise ProcessorInputError(str(exc)) from exc
         prompt = self._engine_input(list(request.prompt_token_ids))
-        outputs = self._engine.generate(prompt, params, request.request_id)
+        outputs = self._engine.generate(
+            prompt, params, request.request_id, trace_headers=request.trace_headers
+        )
         num_prompt_tokens = len(request.prompt_token_ids)
         num_output_tokens = 0
         finished = False

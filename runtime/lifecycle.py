@@ -104,6 +104,7 @@ class Lifecycle:
             await self._shutdown_processor()
             if self.parts.call_log is not None:  # every record of the drained requests lands
                 await asyncio.to_thread(self.parts.call_log.close)
+            await asyncio.to_thread(self.parts.tracing.shutdown)  # the last spans go out
         log.info("stopped (exit code %d)", self.exit_code)
         return self.exit_code
 

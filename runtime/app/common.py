@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +36,7 @@ from runtime.errors import (
 from runtime.metrics import HttpMetricsMiddleware, Metrics
 from runtime.phase import ServingStatus
 from runtime.queue.workers import QueueWorkers
+from runtime.tracing import Tracing, TracingMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,20 @@ class ServingParts:
     admission: Admission
     call_log: CallLog | None = None
     queue: QueueWorkers | None = None  # --async: the platform routes enqueue
+    tracing: Tracing = field(default_factory=Tracing)  # off unless an OTLP endpoint is given
 
     @classmethod
-    def for_config(cls, config: RuntimeConfig) -> ServingParts:
+    def for_config(cls, config: RuntimeConfig, tracing: Tracing | None = None) -> ServingParts:
+        """The parts `config` asks for; `tracing` replaces the OTLP exporter (tests)."""
         status, metrics = ServingStatus(), Metrics()
         # With --async, requests wait in the queue (450 when full), not in flight (429).
         max_waiting = None if config.queue.enabled else config.lifecycle.max_queue_size
         call_log = CallLog(config.call_log, config.server.token) if config.call_log.path else None
         queue = QueueWorkers.for_config(config, status, metrics) if config.queue.enabled else None
-        return cls(
-            config, status, metrics, Admission(status, metrics, max_waiting), call_log, queue
-        )
+        if tracing is None:
+            tracing = Tracing.for_endpoint(config.engine.traces_endpoint)
+        admission = Admission(status, metrics, max_waiting)
+        return cls(config, status, metrics, admission, call_log, queue, tracing)
 
 
 def build_app(
@@ -122,6 +126,8 @@ def build_app(
     app.add_middleware(HttpMetricsMiddleware, metrics=parts.metrics, routes=routes)
     if parts.call_log is not None:
         app.add_middleware(CallLogMiddleware, call_log=parts.call_log)
+    if parts.tracing.tracer is not None:  # outermost: every other middleware runs in its span
+        app.add_middleware(TracingMiddleware, tracer=parts.tracing.tracer, routes=routes)
     return app
 
 

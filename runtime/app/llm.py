@@ -38,6 +38,7 @@ class LlmApp:
             parts.metrics,
             config.lifecycle.request_timeout,
             stream_interval=config.server.stream_interval,
+            tracing=parts.tracing,
         )
         server = config.server
         if parts.queue is not None:  # the platform routes enqueue; workers answer

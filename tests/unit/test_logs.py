@@ -56,9 +56,12 @@ def test_json_lines_have_time_level_logger_message_and_the_traceback(root_loggin
     assert "ValueError: boom" in record["exc_info"]
 
 
-def test_the_access_log_line_carries_its_parts_as_fields(root_logging, tmp_path):
+def test_the_access_log_line_carries_its_parts_as_fields(root_logging, tmp_path, monkeypatch):
     configure_logging("json", "info", tmp_path)
     access = logging.getLogger("uvicorn.access")
+    # As uvicorn leaves it with --access-log (another test's server may have turned it off).
+    monkeypatch.setattr(access, "propagate", True)
+    monkeypatch.setattr(access, "handlers", [])
     # What uvicorn logs for each request (its format and arguments).
     access.info('%s - "%s %s HTTP/%s" %d', "10.0.0.7:51234", "POST", "/v1/completions", "1.1", 200)
     record = json.loads(root_logging.getvalue())
