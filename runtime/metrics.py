@@ -8,8 +8,11 @@ waiting, KV cache) is read from the processor when scraped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processors.base import ProcessorStats
@@ -138,6 +141,13 @@ class Metrics:
         )
         self._bound: _BoundEngineMetrics | None = None  # made at the first request
 
+    def add_engine_families(self, families: Callable[[], Iterable[Metric]]) -> None:
+        """Serve the engine's own metrics too (vLLM's scheduler metrics), but for those the
+        runtime exports under the same names: one series each, the runtime's, which every
+        processor feeds alike."""
+        own = {family.name for family in self.registry.collect()}
+        self.registry.register(_EngineFamilies(families, frozenset(own)))
+
     def set_model_name(self, model_name: str) -> None:
         self._labels = (model_name, "0")
         self._bound = None
@@ -155,6 +165,15 @@ class Metrics:
         self.in_flight.set(in_flight)
         self.draining.set(1 if draining else 0)
         return generate_latest(self.registry)
+
+
+class _EngineFamilies(Collector):
+    def __init__(self, families: Callable[[], Iterable[Metric]], exclude: frozenset[str]) -> None:
+        self._families = families
+        self._exclude = exclude
+
+    def collect(self) -> Iterable[Metric]:
+        return (family for family in self._families() if family.name not in self._exclude)
 
 
 class _BoundEngineMetrics:

@@ -74,6 +74,9 @@ class LlmApp:
         await self.processor.start()
         info = self.processor.info
         self.parts.metrics.set_model_name(info.model_name)
+        engine_families = getattr(self.processor, "metric_families", None)
+        if engine_families is not None:  # an engine with Prometheus metrics of its own
+            self.parts.metrics.add_engine_families(engine_families)
         log.info(
             "loaded %s (%s, context %d tokens) on the %s processor",
             info.model_name,
