@@ -119,3 +119,9 @@ def test_the_readmes_first_lines_say_how_to_install_outside_this_workplace():
     opening = "\n".join((ROOT / "README.md").read_text().splitlines()[:30])
     assert f"EXTRA_INDEX_URL={TORCH_CPU_INDEX}" in opening
 
+
+def test_the_image_lock_is_made_for_the_images_python():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--extra gpu --python-version 3.12 -o requirements/gpu.txt" in makefile
+    dockerfile = (ROOT / "Dockerfile.gpu").read_text()
+    assert re.search(r"^FROM nvidia/cuda:\S+-ubuntu24\.04$", dockerfile, re.M)  # Python 3.12
