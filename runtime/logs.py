@@ -55,6 +55,7 @@ def configure_logging(log_format: str, level: str, cache: Path | None = None) ->
     configured vLLM's logging themselves."""
     root = logging.getLogger()
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # Python's warnings as log lines of this format, not raw text
     formatter = make_formatter(log_format)
     for handler in root.handlers:
         handler.setFormatter(formatter)

@@ -139,3 +139,19 @@ def test_json_formatter_serializes_extra_fields():
     record = logging.LogRecord("runtime.stats_log", logging.INFO, "", 0, "line", (), None)
     record.num_running = 3
     assert json.loads(make_formatter("json").format(record))["num_running"] == 3
+
+
+def test_python_warnings_become_log_lines_of_the_format(root_logging, tmp_path):
+    import warnings
+
+    logging.captureWarnings(False)  # pytest swaps the warning hooks per test: start from none
+    configure_logging("json", "info", tmp_path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("an old API", FutureWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+    record = json.loads(root_logging.getvalue())
+    assert record["logger"] == "py.warnings"
+    assert "FutureWarning: an old API" in record["message"]
