@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,24 @@ from processors.vllm_memory import (
 log = logging.getLogger(__name__)
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# vLLM's Prometheus metrics fed by the scheduler's stats, which arrive whether or not vLLM keeps
+# per-request stats; every other vLLM metric (preemptions, queue, prefill and decode time, ...)
+# is fed by per-request stats and is served only while they are kept.
+SCHEDULER_METRICS = (
+    "vllm:num_requests_",  # running, waiting (the runtime exports these two itself)
+    "vllm:kv_cache_usage_perc",
+    "vllm:prefix_cache_",
+    "vllm:external_prefix_cache_",
+    "vllm:num_requests_waiting_by_reason",
+    "vllm:prompt_tokens_cached_by_source",
+    "vllm:estimated_",  # the engine's performance estimates (FLOPs, bytes moved)
+    "vllm:cache_config_info",
+    "vllm:engine_sleep_state",
+    "vllm:spec_decode_",
+    "vllm:kv_block_",
+    "vllm:mm_cache_",
+    "vllm:lora_requests_info",
+)
 
 
 def supported_architectures() -> set[str]:
@@ -70,7 +88,8 @@ class VllmProcessor:
         self._engine = await asyncio.to_thread(
             AsyncLLM.from_engine_args, engine_args, stat_loggers=[self._stat_logger_factory]
         )
-        _skip_request_stats(self._engine)
+        if not self.keeps_request_stats:
+            _skip_request_stats(self._engine)
         self._engine_input = _engine_input_factory()
         tokenizer = await asyncio.to_thread(load_tokenizer, self._settings.model_path)
         model_config = self._engine.model_config
@@ -89,6 +108,12 @@ class VllmProcessor:
         lora = self._engine.vllm_config.lora_config
         return int(lora.max_lora_rank) if lora is not None else None
 
+    @property
+    def keeps_request_stats(self) -> bool:
+        """vLLM's per-request stats stay on when asked for, and when tracing: its tracing reads
+        them at every finished request (and asserts they are there)."""
+        return self._settings.engine_request_stats or self._settings.traces_endpoint is not None
+
     async def load_adapter(self, adapter: Adapter) -> None:
         try:
             await self._engine.add_lora(_lora_request(adapter))
@@ -101,9 +126,11 @@ class VllmProcessor:
             "model": s.model_path,
             "dtype": self._dtype(),
             "tensor_parallel_size": s.tensor_parallel_size,
-            "served_model_name": s.served_model_name,
+            # vLLM labels its metrics with it: the runtime's name, so both sets match.
+            "served_model_name": s.model_name,
         }
         optional = {
+            "otlp_traces_endpoint": s.otlp_traces_endpoint,  # vLLM's own spans, same collector
             "max_model_len": s.max_model_len,
             "max_num_seqs": s.max_num_seqs,
             "gpu_memory_utilization": s.gpu_memory_utilization,
@@ -199,7 +226,13 @@ class VllmProcessor:
             raise ProcessorInputError(str(exc)) from exc
         prompt = self._engine_input(list(request.prompt_token_ids))
         lora = _lora_request(request.adapter) if request.adapter is not None else None
-        outputs = self._engine.generate(prompt, params, request.request_id, lora_request=lora)
+        outputs = self._engine.generate(
+            prompt,
+            params,
+            request.request_id,
+            lora_request=lora,
+            trace_headers=request.trace_headers,
+        )
         num_prompt_tokens = len(request.prompt_token_ids)
         num_output_tokens = 0
         finished = False
@@ -244,6 +277,18 @@ class VllmProcessor:
             await self._engine.check_health()
         except Exception as exc:
             raise EngineDeadError(f"the vLLM engine is not healthy: {exc}") from exc
+
+    def metric_families(self, registry: Any = None) -> Iterator[Any]:
+        """vLLM's own Prometheus metrics (it keeps them in prometheus_client's default registry
+        of this process, which nothing serves): the scheduler's always, the per-request ones
+        while vLLM keeps per-request stats (else they would read 0, not "unknown")."""
+        from prometheus_client import REGISTRY
+
+        for family in (registry or REGISTRY).collect():
+            if family.name.startswith("vllm:") and (
+                self.keeps_request_stats or family.name.startswith(SCHEDULER_METRICS)
+            ):
+                yield family
 
     def stats(self) -> ProcessorStats:
         latest = self._scheduler_stats

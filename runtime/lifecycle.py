@@ -35,6 +35,7 @@ from runtime.prepare import (
     install_python_requirements,
 )
 from runtime.queue import open_queue
+from runtime.stats_log import ThroughputLog
 from runtime.threads import DaemonThreadExecutor
 from runtime.warmup import read_warm_up, run_warm_up
 
@@ -69,7 +70,7 @@ class Lifecycle:
                 host=config.server.host,
                 port=config.server.port,
                 log_config=None,  # keep the runtime's logging set-up
-                access_log=False,
+                access_log=config.observability.access_log,
                 http=protocol_with_header_timeout(config.lifecycle.request_read_timeout),
                 timeout_keep_alive=config.lifecycle.timeout_keep_alive,
                 # Requests are drained before the server is told to exit; this only bounds
@@ -103,6 +104,7 @@ class Lifecycle:
             await self._shutdown_processor()
             if self.parts.call_log is not None:  # every record of the drained requests lands
                 await asyncio.to_thread(self.parts.call_log.close)
+            await asyncio.to_thread(self.parts.tracing.shutdown)  # the last spans go out
         log.info("stopped (exit code %d)", self.exit_code)
         return self.exit_code
 
@@ -135,6 +137,10 @@ class Lifecycle:
             time.monotonic() - self._started,
         )
         self._spawn(self.drain.watch(self.processor.check_health), "engine-watchdog")
+        interval = self.config.observability.log_stats_interval
+        if interval > 0:
+            throughput = ThroughputLog(self.parts.metrics, self.processor, self.parts.admission)
+            self._spawn(throughput.run(interval), "throughput-log")
 
     async def _prepare(self) -> None:
         prepare, lifecycle = self.config.prepare, self.config.lifecycle
