@@ -21,8 +21,6 @@ from processors.base import (
     ProcessorStats,
     SamplingParams,
     Step,
-    StructuredOutput,
-    TokenLogprob,
 )
 from processors.settings import EngineSettings
 from processors.vllm_memory import (
@@ -31,6 +29,12 @@ from processors.vllm_memory import (
     KvCacheSize,
     cpu_kv_cache_size,
     is_set_by_user,
+)
+from processors.vllm_translation import (
+    engine_input_factory,
+    finish_reason,
+    to_logprobs,
+    to_vllm_sampling,
 )
 
 log = logging.getLogger(__name__)
@@ -90,7 +94,7 @@ class VllmProcessor:
         )
         if not self.keeps_request_stats:
             _skip_request_stats(self._engine)
-        self._engine_input = _engine_input_factory()
+        self._engine_input = engine_input_factory()
         tokenizer = await asyncio.to_thread(load_tokenizer, self._settings.model_path)
         model_config = self._engine.model_config
         self._info = LlmInfo(
@@ -212,7 +216,7 @@ class VllmProcessor:
                 f"seed must be between {INT64_MIN} and {INT64_MAX}, got {sampling.seed}"
             )
         try:
-            _to_vllm_sampling(sampling)  # vLLM's own checks of every value
+            to_vllm_sampling(sampling)  # vLLM's own checks of every value
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise ProcessorInputError(str(exc)) from exc
 
@@ -221,7 +225,7 @@ class VllmProcessor:
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
 
         try:
-            params = _to_vllm_sampling(request.sampling, request.stream_interval)
+            params = to_vllm_sampling(request.sampling, request.stream_interval)
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise ProcessorInputError(str(exc)) from exc
         prompt = self._engine_input(list(request.prompt_token_ids))
@@ -245,8 +249,8 @@ class VllmProcessor:
                     text=completion.text,
                     num_prompt_tokens=num_prompt_tokens,
                     num_output_tokens=num_output_tokens,
-                    finish_reason=_finish_reason(completion.finish_reason) if finished else None,
-                    logprobs=_to_logprobs(completion.token_ids, completion.logprobs)
+                    finish_reason=finish_reason(completion.finish_reason) if finished else None,
+                    logprobs=to_logprobs(completion.token_ids, completion.logprobs)
                     if completion.logprobs
                     else (),
                     token_ids=tuple(completion.token_ids),
@@ -350,73 +354,3 @@ def _skip_request_stats(engine: Any) -> None:
     if hasattr(engine, "log_stats") and hasattr(engine, "output_processor"):
         engine.log_stats = False
         engine.output_processor.log_stats = False
-
-
-def _engine_input_factory() -> Any:
-    """Token ids as an already rendered engine input where vLLM has that type: a raw prompt
-    would go through the renderer on a thread pool, a hop per request for nothing, since the
-    runtime has tokenized and checked the prompt itself."""
-    try:
-        from vllm.inputs.engine import tokens_input
-    except ImportError:  # vLLM before its renderer API
-        from vllm import TokensPrompt
-
-        return lambda token_ids: TokensPrompt(prompt_token_ids=token_ids)
-    return tokens_input
-
-
-def _to_vllm_structured(structured: StructuredOutput | None) -> Any:
-    if structured is None:
-        return None
-    from vllm.sampling_params import StructuredOutputsParams
-
-    return StructuredOutputsParams(
-        json=structured.json_schema,
-        json_object=True if structured.json_object else None,
-        regex=structured.regex,
-        choice=list(structured.choice) if structured.choice is not None else None,
-        grammar=structured.grammar,
-    )
-
-
-def _to_vllm_sampling(sampling: SamplingParams, stream_interval: int = 1) -> Any:
-    from vllm import SamplingParams as VllmSamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    return VllmSamplingParams(
-        max_tokens=sampling.max_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        min_p=sampling.min_p,
-        seed=sampling.seed,
-        stop=list(sampling.stop),
-        presence_penalty=sampling.presence_penalty,
-        frequency_penalty=sampling.frequency_penalty,
-        repetition_penalty=sampling.repetition_penalty,
-        ignore_eos=sampling.ignore_eos,
-        logprobs=sampling.logprobs,
-        structured_outputs=_to_vllm_structured(sampling.structured),
-        skip_special_tokens=sampling.skip_special_tokens,
-        output_kind=RequestOutputKind.DELTA,  # new text per step; the APIs accumulate if needed
-        # vLLM then builds no output for the tokens in between: that work is saved too.
-        stream_interval=stream_interval if stream_interval > 1 else None,
-    )
-
-
-def _finish_reason(reason: str | None) -> Any:
-    return reason if reason in ("stop", "length") else "abort"
-
-
-def _to_logprobs(token_ids: Any, per_token: Any) -> tuple[TokenLogprob, ...]:
-    if not per_token:
-        return ()
-    result = []
-    for token_id, candidates in zip(token_ids, per_token, strict=False):
-        chosen = candidates[token_id]  # the sampled token, whatever its rank
-        top = tuple(
-            (lp.decoded_token or "", lp.logprob)
-            for lp in sorted(candidates.values(), key=lambda lp: lp.rank)
-        )
-        result.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob, top))
-    return tuple(result)
