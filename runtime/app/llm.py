@@ -16,7 +16,7 @@ from runtime.api.chatllm import answer_chatllm, chatllm_router
 from runtime.api.chatllm_ws import chatllm_websocket_router
 from runtime.api.openai_chat import answer_chat, openai_chat_router
 from runtime.api.openai_completions import answer_completion, completions_router
-from runtime.api.queue import enqueue_router, sink_router
+from runtime.api.queue import enqueue_router, queue_router
 from runtime.api.schema import ChatCompletionRequest, CompletionRequest
 from runtime.api.webui import webui_router
 from runtime.app.common import ServingParts, build_app
@@ -54,8 +54,8 @@ class LlmApp:
             )
             gated.append(websocket)
         pages = webui_router() if server.webui else None
-        sink = [sink_router(server, parts.queue)] if parts.queue is not None else []
-        self.asgi: FastAPI = build_app(parts, processor, gated, pages, sink)
+        queue = [queue_router(config, parts.queue)] if parts.queue is not None else []
+        self.asgi: FastAPI = build_app(parts, processor, gated, pages, queue)
 
     async def check(self) -> str:
         """Check the model folder before loading (the demo model is built first if needed);
