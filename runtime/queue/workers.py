@@ -146,6 +146,8 @@ class QueueWorkers:
         event.set()
         if stream is Stream.INPUT:
             self._wakeup.set()
+            if self._tasks:  # serving: other runtimes' work shows in the gauge too
+                self._refresh_gauge()
 
     async def _dispatch(self, answer: Answer, admission: Admission, concurrency: int) -> None:
         backoff = Backoff("claiming")

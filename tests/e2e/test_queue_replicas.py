@@ -11,6 +11,7 @@ Every wait is bounded; all traffic stays on loopback.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -173,6 +174,54 @@ def test_two_runtimes_on_redis_lose_nothing_when_one_is_killed_mid_way(tmp_path)
     last_priority = max(order.index(request_id) for request_id in priority)
     assert last_priority < len(priority) + 16, f"priority results end at {last_priority}"
     print(f"\n{len(reruns)} re-run after the kill, {len(example.results) - len(firsts)} duplicates")
+
+
+def test_a_runtime_stopped_with_sigterm_hands_its_requests_to_another_at_once(tmp_path):
+    redis = RedisServer(tmp_path / "redis").start()
+    gate = tmp_path / "gate"
+    # A visibility timeout longer than the test: only a hand-back gets the requests run.
+    queue_args = ["--queue-url", redis.url, "--queue-visibility-timeout", "600"]
+    leaving = serve(tmp_path / "leaving", gate, *queue_args, "--grace-period", "1")
+    staying = serve(tmp_path / "staying", gate, *queue_args)
+    url = f"{staying.url}/api/predict/{SERVICE}"
+    try:
+        puts = [
+            requests.post(url, data=b"x", headers=staying.headers(), timeout=30) for _ in range(8)
+        ]
+        ids = [response.headers["X-Eas-Queueservice-Request-Id"] for response in puts]
+        wait_for(lambda: all(running(staying, put.text) for put in puts), "all 8 held")
+        leaving.process.send_signal(signal.SIGTERM)  # its 4 are cut at the grace's end ...
+        wait_for(lambda: leaving.log().count("handed back to the queue") == 4, "hand-backs")
+        gate.touch()  # ... (its processor's threads wait for the gate too, then it exits)
+        assert leaving.process.wait(timeout=60) == 0, leaving.log()[-3000:]
+        frames = [
+            requests.get(
+                f"{url}/sink",
+                params={"requestId": request_id, "_timeout_": "30s"},
+                headers=staying.headers(),
+                timeout=60,
+            ).json()[0]
+            for request_id in ids
+        ]
+    finally:
+        for server in (leaving, staying):
+            stop(server.process)
+        redis.stop()
+    assert {json.loads(base64.b64decode(frame["data"]))["pid"] for frame in frames} == {
+        staying.process.pid
+    }
+    assert not [frame for frame in frames if "attempt" in frame["tags"]]  # cut, not lost
+
+
+def running(server: Server, index: str) -> bool:
+    """The SDK's search: a request a runtime holds names its consumer."""
+    response = requests.get(
+        f"{server.url}/api/predict/{SERVICE}",
+        params={"_search_": "true", "_index_": index},
+        headers=server.headers(),
+        timeout=10,
+    )
+    return "ConsumerId" in response.json()
 
 
 def test_redis_restarted_under_load_loses_no_acknowledged_request(tmp_path):
