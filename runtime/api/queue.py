@@ -45,7 +45,7 @@ from runtime.api.queue_frames import (
 from runtime.api.queue_watch import watch
 from runtime.config import RuntimeConfig, ServerConfig
 from runtime.errors import ApiError, ErrorKind, bad_request
-from runtime.queue.base import Frame, ItemState, Stream
+from runtime.queue.base import Frame, ItemState, Stream, TaskQueue
 from runtime.queue.workers import QueueWorkers, until_set
 
 REQUEST_ID_HEADER = "X-Eas-Queueservice-Request-Id"
@@ -170,15 +170,14 @@ async def _get(
     deadline = loop.time() + timeout
     while True:
         change = workers.next_change(stream)  # before reading, so no change slips past
-        state = await store.state(request_id) if request_id else None  # before the entries
-        if request_id:
-            frames = await store.find(stream, request_id)
-        else:
-            frames = await store.frames(stream, start, length if not wanted else MAX_FRAMES)
-        frames = [frame for frame in frames if _matches(frame, wanted)][:length]
+        frames = await _read(store, stream, request_id, start, length, wanted)
         if frames:
             return frames
-        if request_id and state in (None, ItemState.DONE):  # nothing more will come
+        if request_id and await store.state(request_id) in (None, ItemState.DONE):
+            # Nothing more will come, unless it came just now: one last look.
+            frames = await _read(store, stream, request_id, start, length, wanted)
+            if frames:
+                return frames
             raise ApiError(
                 ErrorKind.NOT_FOUND,
                 f"no request {request_id} in the {stream.value} queue: it was never accepted, "
@@ -189,6 +188,21 @@ async def _get(
         if remaining <= 0:
             return None
         await until_set(change, remaining)
+
+
+async def _read(
+    store: TaskQueue,
+    stream: Stream,
+    request_id: str | None,
+    start: int,
+    length: int,
+    wanted: Mapping[str, str],
+) -> list[Frame]:
+    if request_id:
+        frames = await store.find(stream, request_id)
+    else:
+        frames = await store.frames(stream, start, length if not wanted else MAX_FRAMES)
+    return [frame for frame in frames if _matches(frame, wanted)][:length]
 
 
 async def _search(workers: QueueWorkers, stream: Stream, params: Mapping[str, str]) -> Response:

@@ -102,6 +102,7 @@ class RedisQueue:
                 "EXPIRE",
                 "EXISTING",
                 "POSITION",
+                "RESULTS",
             ]
         }
         self._listeners: list[Listener] = []
@@ -302,17 +303,9 @@ class RedisQueue:
         if stream is Stream.INPUT:
             return await self._call(lambda: self._input_frames([request_id]))
 
-        async def read() -> list[Frame]:
-            indexes = sorted(
-                int(i) for i in await self._client.smembers(self._key(f"res:{request_id}"))
-            )
-            pipe = self._client.pipeline(transaction=False)
-            for index in indexes:
-                pipe.xrange(self._key("sink"), f"{index}-0", f"{index}-0")
-            found = await pipe.execute()
-            return [_sink_frame(*entries[0]) for entries in found if entries]
-
-        return await self._call(read)
+        entries = await self._script("RESULTS", request_id, group=False)
+        frames = [_sink_frame(entry_id, _fields(fields)) for entry_id, fields in entries]
+        return sorted(frames, key=lambda frame: frame.index)
 
     async def existing(self, stream: Stream, indexes: Collection[int]) -> set[int]:
         if not indexes:
@@ -412,6 +405,11 @@ class RedisQueue:
 
 def _index(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's fields as a script returns them: name, value, name, value, ..."""
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
 
 
 def _sink_frame(entry_id: bytes, fields: dict[bytes, bytes]) -> Frame:

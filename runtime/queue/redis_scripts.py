@@ -158,8 +158,7 @@ redis.call('XADD', p .. 'sink', index .. '-0', 'rid', rid, 'data', ARGV[4], 'tag
   'at', ARGV[6])
 redis.call('SADD', p .. 'res:' .. rid, index)
 redis.call('EXPIRE', p .. 'res:' .. rid, ARGV[7])
-redis.call('PUBLISH', p .. 'events', 'input')
-redis.call('PUBLISH', p .. 'events', 'sink')
+redis.call('PUBLISH', p .. 'events', 'sink')  -- what left the input queue wakes no worker
 return {index, tags}
 """
 
@@ -256,6 +255,17 @@ end
 return removed
 """
 )
+
+# ARGV: prefix, rid: the request's results in the sink, as XRANGE gives entries.
+RESULTS = """
+local p = ARGV[1]
+local found = {}
+for _, index in ipairs(redis.call('SMEMBERS', p .. 'res:' .. ARGV[2])) do
+  local e = redis.call('XRANGE', p .. 'sink', index .. '-0', index .. '-0')[1]
+  if e then table.insert(found, e) end
+end
+return found
+"""
 
 # ARGV: prefix, "input"|"sink", index...: the indexes still there.
 EXISTING = (

@@ -94,8 +94,7 @@ class SqliteQueue:
 
     async def complete(self, item: QueueItem, data: bytes, status: int) -> Frame | None:
         frame = await self._run(self._complete, item, data, status)
-        self._notify(Stream.INPUT)
-        self._notify(Stream.SINK)
+        self._notify(Stream.SINK)  # what left the input queue wakes no worker
         return frame
 
     async def release(self, request_id: str) -> None:

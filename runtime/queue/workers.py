@@ -41,6 +41,7 @@ IDLE_POLL_S = 1.0  # how often an idle worker looks again, for changes it was no
 MAX_SWEEP_INTERVAL_S = 60.0
 MIN_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 5.0
+GAUGE_INTERVAL_S = 0.1
 
 
 class QueueWorkers:
@@ -233,11 +234,13 @@ class QueueWorkers:
             await asyncio.sleep(interval)
 
     def _refresh_gauge(self) -> None:
-        """Update the queue-length gauge in the background, one update at a time."""
+        """Update the queue-length gauge in the background: one update at a time, and at most
+        every GAUGE_INTERVAL_S, so a busy queue spends its round trips on its items."""
         if self._gauge is None or self._gauge.done():
             self._gauge = asyncio.create_task(self._update_gauge(), name="queue-gauge")
 
     async def _update_gauge(self) -> None:
+        await asyncio.sleep(GAUGE_INTERVAL_S)  # what changes meanwhile is counted too
         try:
             counts = await self.store.counts()
         except QueueUnavailableError:
