@@ -18,6 +18,7 @@ from runtime.errors import bad_request
 from runtime.queue.base import Frame
 
 PROTOBUF = "application/vnd.google.protobuf"
+MAX_INDEX = 2**63 - 1  # what SQLite's integers and Redis's stream ids hold
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|h|m|s)?")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -68,16 +69,21 @@ def parse_seconds(text: str, name: str) -> float:
 def parse_index(text: str | None, name: str, default: int = 0) -> int:
     if text is None or text == "":
         return default
-    if not text.strip().isdigit():
-        raise bad_request(f"{name} must be a non-negative integer, got {text!r}", name)
+    if not _is_index(text.strip()):
+        raise bad_request(f"{name} must be an integer from 0 to {MAX_INDEX}, got {text!r}", name)
     return int(text)
 
 
 def parse_indexes(text: str | None, name: str = "_indexes_") -> list[int]:
     parts = [part.strip() for part in (text or "").split(",") if part.strip()]
-    if not parts or not all(part.isdigit() for part in parts):
+    if not parts or not all(_is_index(part) for part in parts):
         raise bad_request(f"{name} must list indexes separated by commas, got {text!r}", name)
     return [int(part) for part in parts]
+
+
+def _is_index(text: str) -> bool:
+    # ASCII digits only (str.isdigit admits other scripts' digits), within a signed 64-bit int.
+    return text.isascii() and text.isdigit() and int(text) <= MAX_INDEX
 
 
 def _map_entries(number: int, values: Mapping[str, str]) -> bytes:

@@ -116,6 +116,8 @@ def test_delete_truncate_and_commit_answer_ok_and_remove_entries(fake, tmp_path)
         ("put", SINK, {}, "_indexes_"),
         ("delete", SINK, {"_trunc_": "true"}, "_index_"),
         ("get", SINK, {"_index_": "-1"}, "_index_"),
+        ("get", SINK, {"_index_": str(2**64)}, "_index_"),
+        ("delete", INPUT, {"_indexes_": str(2**70)}, "_indexes_"),
         ("get", INPUT, {"_search_": "true"}, "_index_"),
         ("get", SINK, {"_index_": "0", "_timeout_": "soon"}, "_timeout_"),
         ("post", INPUT, {"_priority_": "high"}, "_priority_"),
