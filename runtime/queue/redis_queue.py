@@ -154,7 +154,7 @@ class RedisQueue:
                     pubsub = await self._subscribe()
                     delay = 0.2
                 message = await pubsub.get_message(timeout=1.0)
-                if message is not None:
+                if message is not None and message["data"] in (b"input", b"sink"):
                     stream = Stream(message["data"].decode())
                     for listener in self._listeners:
                         listener(stream)

@@ -156,6 +156,10 @@ class QueueWorkers:
             self._wakeup.clear()  # before looking, so a wake-up after the look is not lost
             if self._status.is_ready and len(self._in_flight) < concurrency:
                 try:
+                    if backoff.failing and self._in_flight:
+                        # Back from an outage: renew what runs here first, or a lease that
+                        # lapsed meanwhile would be claimed back and run twice.
+                        await self.store.renew(list(self._in_flight.values()))
                     item = await self.store.claim()
                 except QueueUnavailableError as exc:
                     await backoff.wait(exc)
@@ -269,6 +273,10 @@ class Backoff:
             log.warning("queue: %s failed, retrying: %s", self._doing, error)
         self._delay = min(max(self._delay * 2, MIN_BACKOFF_S), MAX_BACKOFF_S)
         await asyncio.sleep(self._delay)
+
+    @property
+    def failing(self) -> bool:
+        return self._delay > 0
 
     def recovered(self) -> None:
         if self._delay:
