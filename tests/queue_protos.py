@@ -56,3 +56,10 @@ def queue_messages() -> dict[str, Any]:
         name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"streaming.{name}"))
         for name in ("DataFrameProto", "DataFrameListProto", "AttributesProto")
     }
+
+
+async def claim_one(queue: Any) -> Any:
+    """The next item a store hands out, or None: `claim()` with its default limit of one."""
+    items = await queue.claim()
+    assert len(items) <= 1
+    return items[0] if items else None

@@ -4,7 +4,7 @@ A service has two queues, as on the platform: the input queue, where requests wa
 sink, where results arrive. Each is a stream of entries with an index that only rises; the
 platform's SDK reads both the same way (by index or request id, watch, delete, commit).
 
-An item's life in the input queue: `enqueue` makes it pending; `claim` leases the next one
+An item's life in the input queue: `enqueue` makes it pending; `claim` leases the next ones
 (priority first) to this runtime and marks it running; `renew` extends the lease while it runs;
 `complete` removes it from the input queue and appends its result to the sink, in one step;
 `release` hands it back (a runtime that stops before finishing it). An item whose lease lapsed
@@ -137,9 +137,9 @@ class TaskQueue(Protocol):
         """Accept an item, durably; QueueFullError when `max_pending` items already wait."""
         ...
 
-    async def claim(self) -> QueueItem | None:
-        """The next item (one whose lease lapsed, then by priority and index), now leased to
-        this runtime; None when nothing waits."""
+    async def claim(self, limit: int = 1) -> list[QueueItem]:
+        """Up to `limit` items, now leased to this runtime: those whose lease lapsed first,
+        then by priority and index; fewer (or none) when no more wait."""
         ...
 
     async def renew(self, request_ids: Collection[str]) -> None:

@@ -185,14 +185,14 @@ class RedisQueue:
             raise QueueFullError(f"the queue holds its maximum of {max_pending} waiting requests")
         return QueueItem(index, request_id, body, content_type, tags)
 
-    async def claim(self) -> QueueItem | None:
-        found = await self._script("CLAIM", self.consumer, round(self.lease_s * 1000))
-        if found is None:
-            return None
-        index, request_id, body, content_type, tags, attempt = found
-        return QueueItem(
-            index, request_id.decode(), body, content_type.decode(), json.loads(tags), attempt
-        )
+    async def claim(self, limit: int = 1) -> list[QueueItem]:
+        found = await self._script("CLAIM", self.consumer, round(self.lease_s * 1000), limit)
+        return [
+            QueueItem(
+                index, request_id.decode(), body, content_type.decode(), json.loads(tags), attempt
+            )
+            for index, request_id, body, content_type, tags, attempt in found
+        ]
 
     async def renew(self, request_ids: Collection[str]) -> None:
         if request_ids:

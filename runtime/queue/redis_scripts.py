@@ -40,48 +40,46 @@ redis.call('PUBLISH', p .. 'events', 'input')
 return index
 """
 
-# ARGV: prefix, group, consumer, lease in ms.
-# An entry whose lease lapsed (idle in another consumer's pending list) first, priority stream
-# first; then a new entry, priority stream first. Returns index, rid, body, content type, tags,
-# attempt; nil when nothing waits.
+# ARGV: prefix, group, consumer, lease in ms, at most how many.
+# Entries whose lease lapsed (idle in another consumer's pending list) first, priority stream
+# first; then new entries, priority stream first. Returns a list of {index, rid, body, content
+# type, tags, attempt}: fewer than asked when no more wait.
 CLAIM = """
 local p, g, c = ARGV[1], ARGV[2], ARGV[3]
+local limit = tonumber(ARGV[5])
 local streams = {p .. 'in:1', p .. 'in:0'}
+local items = {}
 local function take(s, id, fields)
   local rid = fields[2]
   local key = p .. 'item:' .. rid
-  if redis.call('EXISTS', key) == 0 then
+  if redis.call('EXISTS', key) == 0 then  -- deleted by a client: the entry goes too
     redis.call('XACK', s, g, id)
     redis.call('XDEL', s, id)
-    return nil
+    return
   end
   local attempts = redis.call('HINCRBY', key, 'attempts', 1)
   redis.call('HSET', key, 'state', 'running', 'consumer', c)
   local f = redis.call('HMGET', key, 'index', 'body', 'content_type', 'tags')
-  return {tonumber(f[1]), rid, f[2], f[3], f[4], attempts}
+  table.insert(items, {tonumber(f[1]), rid, f[2], f[3], f[4], attempts})
 end
 for _, s in ipairs(streams) do
   local cursor = '0-0'
   repeat
-    local r = redis.call('XAUTOCLAIM', s, g, c, ARGV[4], cursor, 'COUNT', 1)
+    local r = redis.call('XAUTOCLAIM', s, g, c, ARGV[4], cursor, 'COUNT', limit - #items)
     cursor = r[1]
-    local e = r[2][1]
-    if e and e[2] then
-      local item = take(s, e[1], e[2])
-      if item then return item end
+    for _, e in ipairs(r[2]) do
+      if e and e[2] then take(s, e[1], e[2]) end
     end
-  until cursor == '0-0'
+  until cursor == '0-0' or #items >= limit
 end
 for _, s in ipairs(streams) do
-  while true do
-    local r = redis.call('XREADGROUP', 'GROUP', g, c, 'COUNT', 1, 'STREAMS', s, '>')
+  while #items < limit do
+    local r = redis.call('XREADGROUP', 'GROUP', g, c, 'COUNT', limit - #items, 'STREAMS', s, '>')
     if not r then break end
-    local e = r[1][2][1]
-    local item = take(s, e[1], e[2])
-    if item then return item end
+    for _, e in ipairs(r[1][2]) do take(s, e[1], e[2]) end
   end
 end
-return nil
+return items
 """
 
 # Whether consumer c holds the entry of request `rid`: its stream and id, or nil.

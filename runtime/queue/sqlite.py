@@ -85,8 +85,8 @@ class SqliteQueue:
         self._notify(Stream.INPUT)
         return QueueItem(index, request_id, body, content_type, tags)
 
-    async def claim(self) -> QueueItem | None:
-        return await self._run(self._claim)
+    async def claim(self, limit: int = 1) -> list[QueueItem]:
+        return await self._run(self._claim, limit)
 
     async def renew(self, request_ids: Collection[str]) -> None:
         if request_ids:
@@ -244,23 +244,32 @@ class SqliteQueue:
             ).fetchall()
         return index
 
-    def _claim(self) -> QueueItem | None:
-        now = time.time()
-        # One statement, so the claim is atomic even against another connection: an item
-        # whose lease lapsed first (it is older work), then the oldest of the highest priority.
-        rows = self._db.execute(
-            "UPDATE items SET state = 'running', attempts = attempts + 1, consumer = ?, "
-            "lease_until = ? WHERE idx = COALESCE("
-            "(SELECT idx FROM items WHERE state = 'running' AND lease_until < ? "
-            "ORDER BY idx LIMIT 1), "
-            "(SELECT idx FROM items WHERE state = 'pending' ORDER BY priority DESC, idx LIMIT 1)"
-            ") RETURNING idx, request_id, body, content_type, tags, attempts",
-            (CONSUMER, now + self.lease_s, now),
-        ).fetchall()  # exhausted, so the statement ends and commits
-        if not rows:
-            return None
-        ((index, request_id, body, content_type, tags, attempts),) = rows
-        return QueueItem(index, request_id, bytes(body), content_type, json.loads(tags), attempts)
+    def _claim(self, limit: int) -> list[QueueItem]:
+        now, db = time.time(), self._db
+        items = []
+        with _transaction(db):  # one commit for the lot
+            for _ in range(limit):
+                # An item whose lease lapsed first (it is older work), then the oldest of the
+                # highest priority.
+                rows = db.execute(
+                    "UPDATE items SET state = 'running', attempts = attempts + 1, consumer = ?, "
+                    "lease_until = ? WHERE idx = COALESCE("
+                    "(SELECT idx FROM items WHERE state = 'running' AND lease_until < ? "
+                    "ORDER BY idx LIMIT 1), "
+                    "(SELECT idx FROM items WHERE state = 'pending' "
+                    "ORDER BY priority DESC, idx LIMIT 1)"
+                    ") RETURNING idx, request_id, body, content_type, tags, attempts",
+                    (CONSUMER, now + self.lease_s, now),
+                ).fetchall()
+                if not rows:
+                    break
+                ((index, request_id, body, content_type, tags, attempts),) = rows
+                items.append(
+                    QueueItem(
+                        index, request_id, bytes(body), content_type, json.loads(tags), attempts
+                    )
+                )
+        return items
 
     def _renew(self, request_ids: list[str]) -> None:
         marks = ",".join("?" * len(request_ids))

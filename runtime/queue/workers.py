@@ -61,6 +61,10 @@ class QueueWorkers:
         self._result_ttl = result_ttl
         self._store: TaskQueue | None = None
         self._wakeup = asyncio.Event()  # an item was enqueued or a worker is free
+        # Whether the input queue may hold work to claim, and how many times it grew: a claim
+        # that finds nothing, with no growth meanwhile, stops the claims until it grows again.
+        self._may_hold_work = True
+        self._num_input_changes = 0
         self._changes = {stream: asyncio.Event() for stream in Stream}  # replaced when set
         self._in_flight: dict[asyncio.Task, str] = {}  # worker task -> its item's request id
         self._tasks: list[asyncio.Task] = []
@@ -132,7 +136,7 @@ class QueueWorkers:
         except QueueFullError as exc:
             self._metrics.rejections.labels("queue_full").inc()
             raise ApiError(ErrorKind.QUEUE_FULL, f"{exc}; retry later") from None
-        self._wakeup.set()
+        self._input_changed()
         self._refresh_gauge()
         return item
 
@@ -146,34 +150,47 @@ class QueueWorkers:
         self._changes[stream] = asyncio.Event()
         event.set()
         if stream is Stream.INPUT:
-            self._wakeup.set()
+            self._input_changed()
             if self._tasks:  # serving: other runtimes' work shows in the gauge too
                 self._refresh_gauge()
+
+    def _input_changed(self) -> None:
+        self._num_input_changes += 1
+        self._may_hold_work = True
+        self._wakeup.set()
 
     async def _dispatch(self, answer: Answer, admission: Admission, concurrency: int) -> None:
         backoff = Backoff("claiming")
         while True:
             self._wakeup.clear()  # before looking, so a wake-up after the look is not lost
-            if self._status.is_ready and len(self._in_flight) < concurrency:
+            free = self._status.is_ready and len(self._in_flight) < concurrency
+            if free and self._may_hold_work:
+                changes = self._num_input_changes
                 try:
                     if backoff.failing and self._in_flight:
                         # Back from an outage: renew what runs here first, or a lease that
                         # lapsed meanwhile would be claimed back and run twice.
                         await self.store.renew(list(self._in_flight.values()))
-                    item = await self.store.claim()
+                    wanted = concurrency - len(self._in_flight)
+                    items = await self.store.claim(wanted)
                 except QueueUnavailableError as exc:
                     await backoff.wait(exc)
                     continue
                 backoff.recovered()
-                if item is not None:
+                for item in items:
                     task = asyncio.create_task(
                         self._work(item, answer, admission), name=f"queue-{item.index}"
                     )
                     self._in_flight[task] = item.request_id
+                if items:
                     self._refresh_gauge()
-                    continue
-            with contextlib.suppress(TimeoutError):
+                if len(items) < wanted and changes == self._num_input_changes:
+                    self._may_hold_work = False  # drained, and nothing came while it looked
+                continue
+            try:
                 await asyncio.wait_for(self._wakeup.wait(), IDLE_POLL_S)
+            except TimeoutError:  # look again: a lease that lapsed announces nothing
+                self._may_hold_work = True
 
     async def _work(self, item: QueueItem, answer: Answer, admission: Admission) -> None:
         task = asyncio.current_task()

@@ -194,5 +194,5 @@ def test_the_go_sdks_priority_header_jumps_the_line(fake, tmp_path):
     client = async_client(fake, tmp_path)  # no workers: the test claims
     enqueue(client, b"normal")
     urgent = enqueue(client, b"urgent", headers={PRIORITY_HEADER: "1"})
-    first = asyncio.run(client.served.parts.queue.store.claim())
+    (first,) = asyncio.run(client.served.parts.queue.store.claim())
     assert first.request_id == urgent

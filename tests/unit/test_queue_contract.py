@@ -17,6 +17,7 @@ from runtime.queue.base import (
     Stream,
     TaskQueue,
 )
+from tests.queue_protos import claim_one
 
 Scenario = Callable[[Callable[..., Awaitable[TaskQueue]]], Awaitable]
 _names = itertools.count()
@@ -63,7 +64,7 @@ def run(request, tmp_path):
 
 async def claim_all(queue: TaskQueue) -> list[bytes]:
     bodies = []
-    while (item := await queue.claim()) is not None:
+    while (item := await claim_one(queue)) is not None:
         bodies.append(item.body)
     return bodies
 
@@ -71,7 +72,7 @@ async def claim_all(queue: TaskQueue) -> list[bytes]:
 async def claimed_again(queue: TaskQueue, deadline_s: float = 10.0):
     """Claims until an item comes (its lease lapsing is what is tested), within a deadline."""
     deadline = time.monotonic() + deadline_s
-    while (item := await queue.claim()) is None:
+    while (item := await claim_one(queue)) is None:
         assert time.monotonic() < deadline, "the lapsed lease was never claimed again"
         await asyncio.sleep(0.05)
     return item
@@ -94,13 +95,24 @@ def test_items_come_out_priority_first_then_in_order_with_rising_indexes(run):
     assert len({item.request_id for item in items}) == 4
 
 
+def test_a_claim_takes_up_to_its_limit_in_turn(run):
+    async def scenario(open_store):
+        queue = await open_store()
+        for body in (b"a", b"b", b"c"):
+            await queue.enqueue(body)
+        await queue.enqueue(b"urgent", priority=1)
+        return [[item.body for item in await queue.claim(limit)] for limit in (3, 3, 1)]
+
+    assert run(scenario) == [[b"urgent", b"a", b"b"], [b"c"], []]
+
+
 def test_a_completed_item_leaves_the_input_queue_for_the_sink_with_its_tags(run):
     async def scenario(open_store):
         queue = await open_store()
         item = await queue.enqueue(b'{"prompt": "x"}', "application/json", {"user": "7"})
         states = [await queue.state(item.request_id)]
-        claimed = await queue.claim()
-        assert await queue.claim() is None  # taken: no one else gets it
+        claimed = await claim_one(queue)
+        assert await claim_one(queue) is None  # taken: no one else gets it
         states.append(await queue.state(item.request_id))
         frame = await queue.complete(claimed, b"answer", 400)
         states.append(await queue.state(item.request_id))
@@ -122,7 +134,7 @@ def test_the_sink_has_its_own_indexes_in_the_order_results_arrive(run):
     async def scenario(open_store):
         queue = await open_store()
         first, second = await queue.enqueue(b"1"), await queue.enqueue(b"2")
-        one, two = await queue.claim(), await queue.claim()
+        one, two = await claim_one(queue), await claim_one(queue)
         late = await queue.complete(two, b"second", 200)  # the later request finishes first
         early = await queue.complete(one, b"first", 200)
         frames = await queue.frames(Stream.SINK, 0, 10)
@@ -138,10 +150,10 @@ def test_a_released_item_comes_back_first_and_its_cut_run_is_not_counted(run):
         queue = await open_store()
         first = await queue.enqueue(b"first")
         await queue.enqueue(b"second")
-        taken = await queue.claim()
+        taken = await claim_one(queue)
         await queue.release(first.request_id)
         state = await queue.state(first.request_id)
-        again = await queue.claim()
+        again = await claim_one(queue)
         return taken, state, again, await claim_all(queue)
 
     taken, state, again, rest = run(scenario)
@@ -158,7 +170,7 @@ def test_a_full_queue_refuses_and_running_items_do_not_count(run):
         await queue.enqueue(b"2", max_pending=2)
         with pytest.raises(QueueFullError, match="maximum of 2 waiting"):
             await queue.enqueue(b"3", max_pending=2)
-        await queue.claim()
+        await claim_one(queue)
         await queue.enqueue(b"3", max_pending=2)  # one left the waiting line
         return await queue.counts()
 
@@ -169,7 +181,7 @@ def test_a_lapsed_lease_is_run_again_marked_and_the_late_first_result_is_a_dupli
     async def scenario(open_store):
         queue = await open_store(lease_s=0.3)
         item = await queue.enqueue(b"work", tags={"k": "v"})
-        first_run = await queue.claim()  # ... whose runtime stalls past its lease
+        first_run = await claim_one(queue)  # ... whose runtime stalls past its lease
         second_run = await claimed_again(queue)
         rerun = await queue.complete(second_run, b"from the re-run", 200)
         late = await queue.complete(first_run, b"from the first run", 200)
@@ -188,12 +200,12 @@ def test_a_renewed_lease_is_kept(run):
     async def scenario(open_store):
         queue = await open_store(lease_s=0.4)
         await queue.enqueue(b"long")
-        item = await queue.claim()
+        item = await claim_one(queue)
         taken_meanwhile = []
         deadline = time.monotonic() + 1.2  # three leases long
         while time.monotonic() < deadline:
             await queue.renew([item.request_id])
-            taken_meanwhile.append(await queue.claim())
+            taken_meanwhile.append(await claim_one(queue))
             await asyncio.sleep(0.1)  # the renewal interval under test
         return taken_meanwhile
 
@@ -205,12 +217,12 @@ def test_deleting_a_request_stops_it_running_or_drops_its_result(run):
         queue = await open_store()
         running = await queue.enqueue(b"running")
         waiting = await queue.enqueue(b"waiting")
-        item = await queue.claim()
+        item = await claim_one(queue)
         assert await queue.delete(Stream.INPUT, [running.index, waiting.index]) == 2
         dropped = await queue.complete(item, b"nobody wants it", 200)
         return (
             dropped,
-            await queue.claim(),
+            await claim_one(queue),
             await queue.frames(Stream.SINK, 0, 10),
             await queue.state(waiting.request_id),
         )
@@ -262,7 +274,7 @@ def test_position_tells_what_runs_and_how_many_go_first(run):
         first = await queue.enqueue(b"first")
         normal = [await queue.enqueue(b"n") for _ in range(2)]
         urgent = await queue.enqueue(b"urgent", priority=1)
-        await queue.claim()  # the urgent one runs
+        await claim_one(queue)  # the urgent one runs
         return [await queue.position(item.index) for item in (urgent, first, normal[1])], (
             await queue.position(10**9)
         )
@@ -279,7 +291,7 @@ def test_expiry_deletes_only_results_that_arrived_before_the_cutoff(run):
     async def scenario(open_store):
         queue = await open_store()
         old, waiting = await queue.enqueue(b"old"), await queue.enqueue(b"waiting")
-        await queue.complete(await queue.claim(), b"r", 200)
+        await queue.complete(await claim_one(queue), b"r", 200)
         kept = await queue.expire(time.time() - 60)  # finished just now: kept
         expired = await queue.expire(time.time() + 1)
         return (
@@ -301,7 +313,7 @@ def test_listeners_hear_of_new_items_and_results(run):
         heard: list[Stream] = []
         queue.add_listener(heard.append)
         await queue.enqueue(b"x")
-        await queue.complete(await queue.claim(), b"r", 200)
+        await queue.complete(await claim_one(queue), b"r", 200)
         deadline = time.monotonic() + 5
         while Stream.SINK not in heard and time.monotonic() < deadline:
             await asyncio.sleep(0.01)  # Redis tells through its channel

@@ -12,6 +12,7 @@ import pytest
 
 from runtime.queue.base import QueueOpenError, QueueUnavailableError, Stream
 from runtime.queue.redis_queue import RedisQueue, where
+from tests.queue_protos import claim_one
 from tests.redis_server import RedisServer, free_port, require_redis
 
 
@@ -30,7 +31,7 @@ def test_runtimes_share_one_queue_indexes_rise_across_them_and_work_goes_once(re
         items = [await (first, second)[i % 2].enqueue(f"{i}".encode()) for i in range(7)]
         taken = []
         for store in (second, first, second, first, second, first, second, first):
-            item = await store.claim()
+            item = await claim_one(store)
             if item is not None:
                 taken.append(item.request_id)
                 await store.complete(item, b"done", 200)
@@ -51,14 +52,14 @@ def test_a_dead_runtimes_items_go_to_another_after_the_visibility_timeout(redis_
     async def scenario():
         alive, dead = await runtimes(redis_server.url, 2, lease_s=0.3)
         item = await alive.enqueue(b"work")
-        orphan = await dead.claim()  # ... and its runtime is killed: no renewal, no result
-        assert await alive.claim() is None  # leased: not before the timeout
+        orphan = await claim_one(dead)  # ... and its runtime is killed: no renewal, no result
+        assert await claim_one(alive) is None  # leased: not before the timeout
         deadline = time.monotonic() + 10
-        while (taken := await alive.claim()) is None:
+        while (taken := await claim_one(alive)) is None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)  # the visibility timeout under test
         await dead.renew([orphan.request_id])  # too late: it no longer holds it
-        assert await dead.claim() is None
+        assert await claim_one(dead) is None
         frame = await alive.complete(taken, b"answer", 200)
         for store in (alive, dead):
             await store.close()
@@ -74,9 +75,9 @@ def test_a_released_item_is_taken_at_once_by_another_runtime(redis_server):
     async def scenario():
         leaving, staying = await runtimes(redis_server.url, 2, lease_s=60)
         item = await leaving.enqueue(b"cut short by a drain")
-        await leaving.claim()
+        await claim_one(leaving)
         await leaving.release(item.request_id)
-        taken = await staying.claim()
+        taken = await claim_one(staying)
         for store in (leaving, staying):
             await store.close()
         return item, taken
@@ -96,7 +97,7 @@ def test_redis_away_is_a_503_error_and_its_return_is_picked_up(tmp_path):
         with pytest.raises(QueueUnavailableError, match="unreachable") as refused:
             await store.enqueue(b"while Redis is down")
         server.start()
-        item = await store.claim()  # the connection is made again
+        item = await claim_one(store)  # the connection is made again
         await store.close()
         return accepted, refused.value, item
 
@@ -116,7 +117,7 @@ def test_a_redis_restarted_empty_gets_its_consumer_group_again(tmp_path):
         await store.enqueue(b"lost with the data")
         await store._client.flushall()  # as a Redis without persistence comes back
         await store.enqueue(b"after")
-        item = await store.claim()
+        item = await claim_one(store)
         await store.close()
         return item
 

@@ -11,6 +11,7 @@ import pytest
 from runtime.config import ConfigError
 from runtime.queue.base import ItemState, QueueOpenError, Stream
 from runtime.queue.sqlite import SqliteQueue
+from tests.queue_protos import claim_one
 
 
 def run(work):
@@ -19,7 +20,7 @@ def run(work):
 
 async def claim_all(queue: SqliteQueue) -> list[bytes]:
     bodies = []
-    while (item := await queue.claim()) is not None:
+    while (item := await claim_one(queue)) is not None:
         bodies.append(item.body)
     return bodies
 
@@ -30,15 +31,15 @@ def test_a_reopened_queue_puts_running_items_back_and_keeps_everything_else(tmp_
     async def before_the_crash():
         queue = SqliteQueue(path)
         items = [await queue.enqueue(f"{i}".encode()) for i in range(4)]
-        await queue.claim()  # 0 and 1 taken; 1 finishes, 0 is lost with the process
-        await queue.complete(await queue.claim(), b"one", 200)
+        await claim_one(queue)  # 0 and 1 taken; 1 finishes, 0 is lost with the process
+        await queue.complete(await claim_one(queue), b"one", 200)
         await queue.close()
         return items
 
     async def after_the_restart():
         queue = SqliteQueue(path)
         requeued = queue.num_requeued
-        first = await queue.claim()
+        first = await claim_one(queue)
         order = [first.body, *await claim_all(queue)]
         finished = await queue.find(Stream.SINK, items[1].request_id)
         later = await queue.enqueue(b"4")
