@@ -89,21 +89,7 @@ class RedisQueue:
             health_check_interval=30,
         )
         self._scripts = {
-            name: self._client.register_script(getattr(scripts, name))
-            for name in [
-                "ENQUEUE",
-                "CLAIM",
-                "RENEW",
-                "RELEASE",
-                "COMPLETE",
-                "PUT",
-                "DELETE",
-                "TRUNCATE",
-                "EXPIRE",
-                "EXISTING",
-                "POSITION",
-                "RESULTS",
-            ]
+            name: self._client.register_script(source) for name, source in scripts.ALL.items()
         }
         self._listeners: list[Listener] = []
         self._events: asyncio.Task | None = None
@@ -154,10 +140,12 @@ class RedisQueue:
                     pubsub = await self._subscribe()
                     delay = 0.2
                 message = await pubsub.get_message(timeout=1.0)
-                if message is not None and message["data"] in (b"input", b"sink"):
-                    stream = Stream(message["data"].decode())
-                    for listener in self._listeners:
-                        listener(stream)
+                if message is None:
+                    continue
+                # "<stream> <consumer>": this runtime told its listeners of its own already.
+                stream, _, origin = message["data"].decode().partition(" ")
+                if origin != self.consumer and stream in ("input", "sink"):
+                    self._notify(Stream(stream))
             except _ERRORS:
                 if pubsub is not None:
                     with contextlib.suppress(*_ERRORS):
@@ -183,10 +171,11 @@ class RedisQueue:
         index = await self._script("ENQUEUE", *args, -1 if max_pending is None else max_pending)
         if index < 0:
             raise QueueFullError(f"the queue holds its maximum of {max_pending} waiting requests")
+        self._notify(Stream.INPUT)
         return QueueItem(index, request_id, body, content_type, tags)
 
     async def claim(self, limit: int = 1) -> list[QueueItem]:
-        found = await self._script("CLAIM", self.consumer, round(self.lease_s * 1000), limit)
+        found = await self._script("CLAIM", round(self.lease_s * 1000), limit)
         return [
             QueueItem(
                 index, request_id.decode(), body, content_type.decode(), json.loads(tags), attempt
@@ -196,7 +185,7 @@ class RedisQueue:
 
     async def renew(self, request_ids: Collection[str]) -> None:
         if request_ids:
-            await self._script("RENEW", self.consumer, *request_ids)
+            await self._script("RENEW", *request_ids)
 
     async def complete(self, item: QueueItem, data: bytes, status: int) -> Frame | None:
         tags = json.dumps(result_tags(item, status))
@@ -204,12 +193,14 @@ class RedisQueue:
         done = await self._script("COMPLETE", item.request_id, data, tags, now, self._result_ttl)
         if done is None:
             return None
+        self._notify(Stream.SINK)
         index, written = done
         return Frame(index, data, json.loads(written))
 
     async def release(self, request_id: str) -> None:
         idle_ms = round(self.lease_s * 1000) + 1
-        await self._script("RELEASE", self.consumer, request_id, idle_ms)
+        await self._script("RELEASE", request_id, idle_ms)
+        self._notify(Stream.INPUT)
 
     async def state(self, request_id: str) -> ItemState | None:
         async def read() -> tuple[Any, Any]:
@@ -266,8 +257,9 @@ class RedisQueue:
         request_id = str(uuid.uuid4())
         tags = {**(tags or {}), "requestId": request_id}
         index = await self._script(
-            "PUT", request_id, data, json.dumps(tags), time.time(), self._result_ttl, group=False
+            "PUT", request_id, data, json.dumps(tags), time.time(), self._result_ttl
         )
+        self._notify(Stream.SINK)
         return Frame(index, data, tags)
 
     async def frames(self, stream: Stream, start: int, limit: int) -> list[Frame]:
@@ -303,19 +295,21 @@ class RedisQueue:
         if stream is Stream.INPUT:
             return await self._call(lambda: self._input_frames([request_id]))
 
-        entries = await self._script("RESULTS", request_id, group=False)
+        entries = await self._script("RESULTS", request_id)
         frames = [_sink_frame(entry_id, _fields(fields)) for entry_id, fields in entries]
         return sorted(frames, key=lambda frame: frame.index)
 
     async def existing(self, stream: Stream, indexes: Collection[int]) -> set[int]:
         if not indexes:
             return set()
-        return set(await self._script("EXISTING", stream.value, *indexes, group=False))
+        return set(await self._script("EXISTING", stream.value, *indexes))
 
     async def delete(self, stream: Stream, indexes: Collection[int]) -> int:
         if not indexes:
             return 0
-        return await self._script("DELETE", stream.value, *indexes)
+        deleted = await self._script("DELETE", stream.value, *indexes)
+        self._notify(stream)
+        return deleted
 
     async def truncate(self, stream: Stream, before: int) -> int:
         truncated = 0
@@ -323,6 +317,7 @@ class RedisQueue:
             removed = await self._script("TRUNCATE", stream.value, before, BATCH)
             truncated += removed
             if removed < BATCH:
+                self._notify(stream)
                 return truncated
 
     async def facts(self, stream: Stream) -> StreamFacts:
@@ -357,6 +352,10 @@ class RedisQueue:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def _notify(self, stream: Stream) -> None:
+        for listener in self._listeners:
+            listener(stream)
+
     async def close(self) -> None:
         if self._events is not None:
             self._events.cancel()
@@ -379,8 +378,8 @@ class RedisQueue:
     def _key(self, name: str) -> str:
         return self._prefix + name
 
-    async def _script(self, name: str, *args: Any, group: bool = True) -> Any:
-        head = [self._prefix, GROUP] if group else [self._prefix]
+    async def _script(self, name: str, *args: Any) -> Any:
+        head = [self._prefix, GROUP, self.consumer]
         script = self._scripts[name]
         return await self._call(lambda: script(keys=[self._key("seq")], args=[*head, *args]))
 

@@ -12,14 +12,16 @@ Keys, under the prefix `llm-runtime:{<service>}:` (one hash tag, so one Cluster 
   done:<rid>        set when the request's first result arrived: a later one is a duplicate
   events            a channel: "input" or "sink" after each change, so others look at once
 
-Every script takes the prefix as ARGV[1]; KEYS[1] is a key of the prefix, which routes the
-script to the right node of a Cluster.
+Every script takes the prefix, the consumer group and the calling runtime's consumer name as
+ARGV[1..3] (the name goes into published messages, so a runtime can tell its own), its own
+arguments from ARGV[4]; KEYS[1] is a key of the prefix, which routes the script to the right
+node of a Cluster.
 """
 
-# ARGV: prefix, group, rid, priority (0|1), body, content_type, tags, now, max_pending (-1: none)
+# ARGV[4..]: rid, priority (0|1), body, content_type, tags, now, max_pending (-1: none)
 ENQUEUE = """
 local p, g = ARGV[1], ARGV[2]
-local max = tonumber(ARGV[9])
+local max = tonumber(ARGV[10])
 if max >= 0 then
   local waiting = 0
   for _, s in ipairs({p .. 'in:1', p .. 'in:0'}) do
@@ -32,21 +34,21 @@ if max >= 0 then
   if waiting >= max then return -1 end
 end
 local index = redis.call('INCR', p .. 'seq')
-redis.call('XADD', p .. 'in:' .. ARGV[4], index .. '-0', 'rid', ARGV[3])
-redis.call('HSET', p .. 'item:' .. ARGV[3], 'index', index, 'priority', ARGV[4],
-  'body', ARGV[5], 'content_type', ARGV[6], 'tags', ARGV[7], 'enqueued_at', ARGV[8],
+redis.call('XADD', p .. 'in:' .. ARGV[5], index .. '-0', 'rid', ARGV[4])
+redis.call('HSET', p .. 'item:' .. ARGV[4], 'index', index, 'priority', ARGV[5],
+  'body', ARGV[6], 'content_type', ARGV[7], 'tags', ARGV[8], 'enqueued_at', ARGV[9],
   'attempts', 0, 'state', 'pending')
-redis.call('PUBLISH', p .. 'events', 'input')
+redis.call('PUBLISH', p .. 'events', 'input ' .. ARGV[3])
 return index
 """
 
-# ARGV: prefix, group, consumer, lease in ms, at most how many.
+# ARGV[4..]: lease in ms, at most how many (ARGV[3], the caller, is the consumer).
 # Entries whose lease lapsed (idle in another consumer's pending list) first, priority stream
 # first; then new entries, priority stream first. Returns a list of {index, rid, body, content
 # type, tags, attempt}: fewer than asked when no more wait.
 CLAIM = """
 local p, g, c = ARGV[1], ARGV[2], ARGV[3]
-local limit = tonumber(ARGV[5])
+local limit = tonumber(ARGV[5])  -- ARGV[4]: the lease
 local streams = {p .. 'in:1', p .. 'in:0'}
 local items = {}
 local function take(s, id, fields)
@@ -94,7 +96,7 @@ local function held(p, g, c, rid)
 end
 """
 
-# ARGV: prefix, group, consumer, rid...: a claim with no IDLE resets the entry's idle time.
+# ARGV[4..]: rid...: a claim with no IDLE resets the entry's idle time.
 RENEW = (
     _HELD
     + """
@@ -111,8 +113,8 @@ return renewed
 """
 )
 
-# ARGV: prefix, group, consumer, rid, idle ms: the entry looks lapsed, so any runtime (this one
-# included) claims it next; the cut-short run is not counted as an attempt.
+# ARGV[4..]: rid, idle ms: the entry looks lapsed, so any runtime (this one included) claims it
+# next; the cut-short run is not counted as an attempt.
 RELEASE = (
     _HELD
     + """
@@ -123,18 +125,18 @@ redis.call('XCLAIM', s, g, c, 0, id, 'IDLE', ARGV[5], 'JUSTID')
 local key = p .. 'item:' .. ARGV[4]
 redis.call('HINCRBY', key, 'attempts', -1)
 redis.call('HSET', key, 'state', 'pending')
-redis.call('PUBLISH', p .. 'events', 'input')
+redis.call('PUBLISH', p .. 'events', 'input ' .. c)
 return 1
 """
 )
 
-# ARGV: prefix, group, rid, data, tags (JSON), now, result ttl (s).
+# ARGV[4..]: rid, data, tags (JSON), now, result ttl (s).
 # Returns the sink index and the tags written; nil when a client deleted the item while it ran.
 COMPLETE = """
-local p, g, rid = ARGV[1], ARGV[2], ARGV[3]
+local p, g, rid = ARGV[1], ARGV[2], ARGV[4]
 local key, done = p .. 'item:' .. rid, p .. 'done:' .. rid
 local f = redis.call('HMGET', key, 'index', 'priority')
-local first = redis.call('SET', done, ARGV[6], 'NX', 'EX', ARGV[7])
+local first = redis.call('SET', done, ARGV[7], 'NX', 'EX', ARGV[8])
 if not f[1] and first then
   redis.call('DEL', done)
   return nil
@@ -145,30 +147,31 @@ if f[1] then
   redis.call('XDEL', s, id)
   redis.call('DEL', key)
 end
-local tags = ARGV[5]
+local tags = ARGV[6]
 if not first then
   local decoded = cjson.decode(tags)
   decoded['duplicate'] = 'true'
   tags = cjson.encode(decoded)
 end
 local index = redis.call('INCR', p .. 'sinkseq')
-redis.call('XADD', p .. 'sink', index .. '-0', 'rid', rid, 'data', ARGV[4], 'tags', tags,
-  'at', ARGV[6])
+redis.call('XADD', p .. 'sink', index .. '-0', 'rid', rid, 'data', ARGV[5], 'tags', tags,
+  'at', ARGV[7])
 redis.call('SADD', p .. 'res:' .. rid, index)
-redis.call('EXPIRE', p .. 'res:' .. rid, ARGV[7])
-redis.call('PUBLISH', p .. 'events', 'sink')  -- what left the input queue wakes no worker
+redis.call('EXPIRE', p .. 'res:' .. rid, ARGV[8])
+-- Only the sink is announced: what left the input queue wakes no worker.
+redis.call('PUBLISH', p .. 'events', 'sink ' .. ARGV[3])
 return {index, tags}
 """
 
-# ARGV: prefix, rid, data, tags (JSON), now, result ttl (s): a client's put on the sink.
+# ARGV[4..]: rid, data, tags (JSON), now, result ttl (s): a client's put on the sink.
 PUT = """
-local p, rid = ARGV[1], ARGV[2]
+local p, rid = ARGV[1], ARGV[4]
 local index = redis.call('INCR', p .. 'sinkseq')
-redis.call('XADD', p .. 'sink', index .. '-0', 'rid', rid, 'data', ARGV[3], 'tags', ARGV[4],
-  'at', ARGV[5])
+redis.call('XADD', p .. 'sink', index .. '-0', 'rid', rid, 'data', ARGV[5], 'tags', ARGV[6],
+  'at', ARGV[7])
 redis.call('SADD', p .. 'res:' .. rid, index)
-redis.call('EXPIRE', p .. 'res:' .. rid, ARGV[6])
-redis.call('PUBLISH', p .. 'events', 'sink')
+redis.call('EXPIRE', p .. 'res:' .. rid, ARGV[8])
+redis.call('PUBLISH', p .. 'events', 'sink ' .. ARGV[3])
 return index
 """
 
@@ -197,15 +200,15 @@ local function streams_of(p, which)
 end
 """
 
-# ARGV: prefix, group, "input"|"sink", index...
+# ARGV[4..]: "input"|"sink", index...
 DELETE = (
     _REMOVE
     + """
 local p, g = ARGV[1], ARGV[2]
 local removed = 0
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i] .. '-0'
-  for _, s in ipairs(streams_of(p, ARGV[3])) do
+  for _, s in ipairs(streams_of(p, ARGV[4])) do
     local e = redis.call('XRANGE', s, id, id)[1]
     if e then
       remove(p, g, s, e)
@@ -213,36 +216,36 @@ for i = 4, #ARGV do
     end
   end
 end
-if removed > 0 then redis.call('PUBLISH', p .. 'events', ARGV[3]) end
+if removed > 0 then redis.call('PUBLISH', p .. 'events', ARGV[4] .. ' ' .. ARGV[3]) end
 return removed
 """
 )
 
-# ARGV: prefix, group, "input"|"sink", before, at most how many: entries below an index.
+# ARGV[4..]: "input"|"sink", before, at most how many: entries below an index.
 TRUNCATE = (
     _REMOVE
     + """
 local p, g = ARGV[1], ARGV[2]
-local removed, most = 0, tonumber(ARGV[5])
-for _, s in ipairs(streams_of(p, ARGV[3])) do
-  local entries = redis.call('XRANGE', s, '-', '(' .. ARGV[4] .. '-0', 'COUNT', most - removed)
+local removed, most = 0, tonumber(ARGV[6])
+for _, s in ipairs(streams_of(p, ARGV[4])) do
+  local entries = redis.call('XRANGE', s, '-', '(' .. ARGV[5] .. '-0', 'COUNT', most - removed)
   for _, e in ipairs(entries) do
     remove(p, g, s, e)
     removed = removed + 1
   end
 end
-if removed > 0 then redis.call('PUBLISH', p .. 'events', ARGV[3]) end
+if removed > 0 then redis.call('PUBLISH', p .. 'events', ARGV[4] .. ' ' .. ARGV[3]) end
 return removed
 """
 )
 
-# ARGV: prefix, group, cutoff (s since the epoch), at most how many: results older than cutoff
+# ARGV[4..]: cutoff (s since the epoch), at most how many: results older than cutoff
 # go, and their requests are forgotten (their keys expire by then anyway).
 EXPIRE = (
     _REMOVE
     + """
 local p, g = ARGV[1], ARGV[2]
-local cutoff, most = tonumber(ARGV[3]), tonumber(ARGV[4])
+local cutoff, most = tonumber(ARGV[4]), tonumber(ARGV[5])
 local entries = redis.call('XRANGE', p .. 'sink', '-', '+', 'COUNT', most)
 local removed = 0
 for _, e in ipairs(entries) do
@@ -254,26 +257,26 @@ return removed
 """
 )
 
-# ARGV: prefix, rid: the request's results in the sink, as XRANGE gives entries.
+# ARGV[4]: rid: the request's results in the sink, as XRANGE gives entries.
 RESULTS = """
 local p = ARGV[1]
 local found = {}
-for _, index in ipairs(redis.call('SMEMBERS', p .. 'res:' .. ARGV[2])) do
+for _, index in ipairs(redis.call('SMEMBERS', p .. 'res:' .. ARGV[4])) do
   local e = redis.call('XRANGE', p .. 'sink', index .. '-0', index .. '-0')[1]
   if e then table.insert(found, e) end
 end
 return found
 """
 
-# ARGV: prefix, "input"|"sink", index...: the indexes still there.
+# ARGV[4..]: "input"|"sink", index...: the indexes still there.
 EXISTING = (
     _REMOVE
     + """
 local p = ARGV[1]
 local found = {}
-for i = 3, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i] .. '-0'
-  for _, s in ipairs(streams_of(p, ARGV[2])) do
+  for _, s in ipairs(streams_of(p, ARGV[4])) do
     if redis.call('XRANGE', s, id, id)[1] then table.insert(found, tonumber(ARGV[i])) end
   end
 end
@@ -281,9 +284,9 @@ return found
 """
 )
 
-# ARGV: prefix, group, index: {"running", 0, consumer} or {"pending", number ahead, ""}.
+# ARGV[4]: index: {"running", 0, consumer} or {"pending", number ahead, ""}.
 POSITION = """
-local p, g, id = ARGV[1], ARGV[2], ARGV[3] .. '-0'
+local p, g, id = ARGV[1], ARGV[2], ARGV[4] .. '-0'
 local hi, lo = p .. 'in:1', p .. 'in:0'
 local function undelivered(s, before)
   if before == nil then
@@ -304,3 +307,18 @@ for _, s in ipairs({hi, lo}) do
 end
 return nil
 """
+
+ALL = {
+    "ENQUEUE": ENQUEUE,
+    "CLAIM": CLAIM,
+    "RENEW": RENEW,
+    "RELEASE": RELEASE,
+    "COMPLETE": COMPLETE,
+    "PUT": PUT,
+    "DELETE": DELETE,
+    "TRUNCATE": TRUNCATE,
+    "EXPIRE": EXPIRE,
+    "RESULTS": RESULTS,
+    "EXISTING": EXISTING,
+    "POSITION": POSITION,
+}
