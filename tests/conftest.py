@@ -48,3 +48,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say at the top of every run whether the Redis queue tests can run here."""
+    from tests.redis_server import MISSING, redis_binary
+
+    binary = redis_binary()
+    return f"redis for the queue tests: {binary}" if binary else MISSING

@@ -18,7 +18,7 @@ import pytest
 START_TIMEOUT_S = 30
 MISSING = (
     "no redis-server or valkey-server on PATH: the Redis queue tests are skipped "
-    "(`make install` installs Debian's redis-server where apt-get runs as root)"
+    "(`make redis`, part of `make test`, installs Debian's redis-server where apt-get runs as root)"
 )
 
 
