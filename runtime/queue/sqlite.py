@@ -1,7 +1,8 @@
 """The embedded queue: one SQLite file (WAL mode), owned by one runtime at a time.
 
 Every statement runs in one dedicated thread that owns the connection: commits are fsynced
-(synchronous=FULL, so an accepted item survives a kill -9 and a power cut alike), and an fsync
+(synchronous=FULL, so an accepted item or a result survives a kill -9 and a power cut alike;
+only who holds an item is written without, see _unsynced), and an fsync
 can take tens of milliseconds on network disks, which the event loop, serving streams, must
 never wait on. One thread also serialises the statements, so there is no lock contention.
 
@@ -98,13 +99,7 @@ class SqliteQueue:
         return frame
 
     async def release(self, request_id: str) -> None:
-        # Not counted as an attempt: the run was cut short, not lost with its runtime.
-        await self._run(
-            self._execute,
-            "UPDATE items SET state = 'pending', attempts = MAX(attempts - 1, 0), "
-            "consumer = NULL, lease_until = NULL WHERE request_id = ? AND state = 'running'",
-            (request_id,),
-        )
+        await self._run(self._release, request_id)
         self._notify(Stream.INPUT)
 
     async def state(self, request_id: str) -> ItemState | None:
@@ -247,7 +242,7 @@ class SqliteQueue:
     def _claim(self, limit: int) -> list[QueueItem]:
         now, db = time.time(), self._db
         items = []
-        with _transaction(db):  # one commit for the lot
+        with _unsynced(db), _transaction(db):  # one commit for the lot
             for _ in range(limit):
                 # An item whose lease lapsed first (it is older work), then the oldest of the
                 # highest priority.
@@ -273,11 +268,21 @@ class SqliteQueue:
 
     def _renew(self, request_ids: list[str]) -> None:
         marks = ",".join("?" * len(request_ids))
-        self._db.execute(
-            f"UPDATE items SET lease_until = ? WHERE state = 'running' AND consumer = ? "
-            f"AND request_id IN ({marks})",
-            (time.time() + self.lease_s, CONSUMER, *request_ids),
-        )
+        with _unsynced(self._db):
+            self._db.execute(
+                f"UPDATE items SET lease_until = ? WHERE state = 'running' AND consumer = ? "
+                f"AND request_id IN ({marks})",
+                (time.time() + self.lease_s, CONSUMER, *request_ids),
+            )
+
+    def _release(self, request_id: str) -> None:
+        # Not counted as an attempt: the run was cut short, not lost with its runtime.
+        with _unsynced(self._db):
+            self._db.execute(
+                "UPDATE items SET state = 'pending', attempts = MAX(attempts - 1, 0), "
+                "consumer = NULL, lease_until = NULL WHERE request_id = ? AND state = 'running'",
+                (request_id,),
+            )
 
     def _complete(self, item: QueueItem, data: bytes, status: int) -> Frame | None:
         db = self._db
@@ -386,6 +391,18 @@ class SqliteQueue:
             f"SELECT COUNT(*), MIN(idx), MAX(idx) FROM {TABLES[stream]}"
         ).fetchone()
         return StreamFacts(length, first, last, 1 if stream is Stream.INPUT else 0)
+
+
+@contextlib.contextmanager
+def _unsynced(db: sqlite3.Connection):
+    """Commits not fsynced, for who holds an item (claims, leases, hand-backs): a power cut may
+    undo them, and then the item runs again, as it would anyway (running items go back to
+    pending at open). The next fsynced commit makes them durable too (WAL)."""
+    db.execute("PRAGMA synchronous = NORMAL")
+    try:
+        yield
+    finally:
+        db.execute("PRAGMA synchronous = FULL")
 
 
 @contextlib.contextmanager
