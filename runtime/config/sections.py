@@ -326,6 +326,18 @@ class CallLogConfig:
     )
 
 
+def _redis_url(url: str) -> str | None:
+    if url.split("://", 1)[0] in ("redis", "rediss", "unix") and "://" in url:
+        return None
+    return "must be a redis://, rediss:// or unix:// URL"
+
+
+def _without_password(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    return f"{scheme}://<redacted>@{host}" if at and credentials else url
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     """The asynchronous API (PROTOCOLS §9)."""
@@ -352,6 +364,29 @@ class QueueConfig:
         24 * 3600.0,
         "seconds a finished result stays readable at /sink",
         name="queue_result_ttl",
+        check=positive,
+    )
+    url: str | None = declared(
+        None,
+        "Redis holding the queue, shared by every runtime given it: redis://[:password@]host:"
+        "port/db, rediss:// (TLS) or unix:///path.sock (default: the SQLite file)",
+        name="queue_url",
+        json=["metadata.queue.url"],
+        check=_redis_url,
+    )
+    password: str | None = declared(
+        None,
+        "password of the queue's Redis, when the URL does not hold it",
+        name="queue_password",
+        json=["metadata.queue.password"],
+        secret=True,
+    )
+    visibility_timeout: float = declared(
+        60.0,
+        "seconds a running queued request may go unrenewed (its runtime died) before another "
+        "runtime runs it again",
+        name="queue_visibility_timeout",
+        json=["metadata.queue.visibility_timeout"],
         check=positive,
     )
 
@@ -402,6 +437,9 @@ class RuntimeConfig:
     def redacted(self) -> dict[str, Any]:
         """The settings in effect, safe to log or show: the token never leaves."""
         values = asdict(self)
-        if values["server"]["token"]:
-            values["server"]["token"] = "<redacted>"
+        for section, name in (("server", "token"), ("queue", "password")):
+            if values[section][name]:
+                values[section][name] = "<redacted>"
+        if self.queue.url:
+            values["queue"]["url"] = _without_password(self.queue.url)
         return values
