@@ -134,10 +134,14 @@ def spawn_server(workdir: Path, port: int, args: list[str], env: dict[str, str])
 
 def start_server(workdir: Path, cache_dir: Path, *args: str) -> Server:
     """`llm-runtime serve --token TOKEN ARGS` on a free port, once ready: the demo model unless
-    ARGS name a model or a custom processor."""
+    ARGS name a model or a custom processor, on vLLM uncompiled unless they name a processor."""
     port = free_port()
     if "--model" not in args and "--processor-entry" not in args:
         args = ("--model", "builtin:demo", *args)
+    if "--processor" not in args and "--processor-entry" not in args:
+        # vLLM uncompiled: on a CPU compiling adds a minute to each start and nothing to what
+        # these servers test (the session servers and the real model's keep vLLM's default).
+        args = ("--enforce-eager", *args)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "LLM_RUNTIME_CACHE_DIR": str(cache_dir)}
     return spawn_server(workdir, port, ["--port", str(port), "--token", TOKEN, *args], env)
 
