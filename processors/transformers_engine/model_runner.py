@@ -102,13 +102,32 @@ class ModelRunner:
         self._kernels = kernels if kernels is not None and weights.head_dim % 8 == 0 else None
         self._norm = rms_norm if self._kernels is None else self._kernels.rms_norm
         self._decode_rows = torch.arange(cache.num_slots, device=cache.device)
+        self._rotary_table = self._static_rotary_table()
+
+    def _static_rotary_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """cos, sin [max_len, D] of every position, computed once by the model's own module
+        (elementwise, so each entry is what a step would compute); None for rotary types that
+        rescale with the sequence length ("dynamic", "longrope")."""
+        kind = str(getattr(self.weights.rotary, "rope_type", "default"))
+        if "dynamic" in kind or kind == "longrope":
+            return None
+        positions = torch.arange(self.cache.max_len, device=self.cache.device)[None]
+        probe = torch.empty(0, dtype=self.weights.norm.dtype, device=self.cache.device)
+        cos, sin = self.weights.rotary(probe, positions)  # [1, max_len, D]
+        return cos[0], sin[0]
+
+    def _cos_sin(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self._rotary_table is not None:
+            cos, sin = self._rotary_table
+            return cos[positions], sin[positions]  # [N, D]
+        cos, sin = self.weights.rotary(x, positions[None])  # [1, N, D]
+        return cos[0], sin[0]
 
     def forward(self, step: StepInputs) -> torch.Tensor:
         """logits [R, V] for the rows that want a next token, in row order."""
         w, norm = self.weights, self._norm
         x = w.embed_rows(step.input_ids)  # [N, hidden]
-        cos, sin = w.rotary(x, step.positions[None])  # [1, N, D]
-        cos, sin = cos[0], sin[0]  # [N, D]
+        cos, sin = self._cos_sin(x, step.positions)  # [N, D]
         for index, layer in enumerate(w.layers):
             h = norm(x, layer.input_norm, w.norm_eps)
             x = x + layer.o(self._attention(index, layer, h, cos, sin, step))

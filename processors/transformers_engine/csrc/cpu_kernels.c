@@ -214,15 +214,33 @@ void decode_attention(const float *qkv, int64_t B, int64_t H, int64_t Hkv, int64
             rotate(token + (H + h) * D, c, s, D, keys + pos * D);
             memcpy(values + pos * D, token + (H + Hkv + h) * D, D * sizeof(float));
             for (int64_t g = 0; g < G; ++g) rotate(token + (h * G + g) * D, c, s, D, query + g * D);
-            /* scores[g][j] = q_g . k_j * scale */
-            for (int64_t j = 0; j < len; ++j) {
-                const float *k = keys + j * D;
-                for (int64_t g = 0; g < G; ++g) {
+            /* scores[g][j] = q_g . k_j * scale, four keys at a time (four independent FMA
+             * chains, their sums gathered in one vector) */
+            for (int64_t g = 0; g < G; ++g) {
+                const float *q = query + g * D;
+                float *p = scores + g * (length_max + 8);
+                int64_t j = 0;
+                for (; j + 4 <= len; j += 4) {
+                    const float *k = keys + j * D;
+                    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                    for (int64_t d = 0; d < D; d += 8) {
+                        __m256 qv = _mm256_loadu_ps(q + d);
+                        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + d), a0);
+                        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + D + d), a1);
+                        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 2 * D + d), a2);
+                        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 3 * D + d), a3);
+                    }
+                    __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+                    __m128 sums = _mm_add_ps(_mm256_castps256_ps128(pairs),
+                                             _mm256_extractf128_ps(pairs, 1));
+                    _mm_storeu_ps(p + j, _mm_mul_ps(sums, _mm_set1_ps(scale)));
+                }
+                for (; j < len; ++j) {
                     __m256 acc = _mm256_setzero_ps();
                     for (int64_t d = 0; d < D; d += 8)
-                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(query + g * D + d),
-                                              _mm256_loadu_ps(k + d), acc);
-                    scores[g * (length_max + 8) + j] = hsum(acc) * scale;
+                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d),
+                                              _mm256_loadu_ps(keys + j * D + d), acc);
+                    p[j] = hsum(acc) * scale;
                 }
             }
             for (int64_t g = 0; g < G; ++g) {
