@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.c"
 FLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 PANEL = 16  # output columns per packed weight panel (the C kernel's PANEL)
+# Columns of a panel in the order the kernel's two unpacks widen them (widen16).
+_WIDEN_ORDER = [*range(0, 4), *range(8, 12), *range(4, 8), *range(12, 16)]
+_STORED_AT = torch.tensor(_WIDEN_ORDER).argsort()  # where each column sits in a panel
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
@@ -54,7 +57,13 @@ class CpuKernels:
         num_out, num_in = weight.shape
         padded = -num_out % PANEL
         weight = _pad_rows(weight.to(torch.bfloat16), padded)
-        return weight.view(-1, PANEL, num_in).transpose(1, 2).contiguous()
+        panels = weight.view(-1, PANEL, num_in).transpose(1, 2)  # [N/16, K, 16]
+        return panels[..., _WIDEN_ORDER].contiguous()
+
+    @staticmethod
+    def packed_rows(packed: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` of the matrix `pack_bf16` packed, [n, K] bfloat16."""
+        return packed[ids // PANEL, :, _STORED_AT.to(ids.device)[ids % PANEL]]
 
     @staticmethod
     def pad_bias(bias: torch.Tensor | None) -> torch.Tensor | None:

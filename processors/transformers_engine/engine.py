@@ -45,12 +45,14 @@ class TransformersEngine:
         tokenizer: Any,
         eos_token_ids: frozenset[int],
         max_prefill_tokens: int,
+        num_threads: int = 0,
     ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.cache = cache = runner.cache
         self.device = cache.device
         self.eos_token_ids = eos_token_ids
+        self.num_threads = num_threads or torch.get_num_threads()
         self.scheduler = Scheduler(cache.num_slots, cache.max_len, max_prefill_tokens)
         self._inbox: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -104,6 +106,7 @@ class TransformersEngine:
     # -- the engine thread --
 
     def _run(self) -> None:
+        torch.set_num_threads(self.num_threads)
         try:
             with torch.inference_mode():
                 while True:

@@ -43,7 +43,8 @@ CPU_KV_SHARE = 0.25  # of the memory available at start, at most, on the CPU
 DEFAULT_MAX_PREFILL_TOKENS = 512
 # cpu_kernels: "on" runs our C kernels on the CPU in float32 (cpu_kernels.py: bfloat16-exact
 # weights kept in bfloat16, RMSNorm, decode attention); "off" runs torch's alone (to compare).
-ENGINE_ARGS = {"max_prefill_tokens": int, "cpu_kernels": str}
+# num_threads: torch's threads for the engine (0: torch's default, one per core).
+ENGINE_ARGS = {"max_prefill_tokens": int, "cpu_kernels": str, "num_threads": int}
 
 
 class EngineConfigError(ValueError):
@@ -91,7 +92,9 @@ def load_engine(settings: EngineSettings, tokenizer: Any) -> LoadedEngine:
     eos = _eos_token_ids(generation, config, tokenizer)
     runner = ModelRunner(weights, cache, kernels)
     max_prefill_tokens = extra.get("max_prefill_tokens", DEFAULT_MAX_PREFILL_TOKENS)
-    engine = TransformersEngine(runner, tokenizer, eos, max_prefill_tokens)
+    engine = TransformersEngine(
+        runner, tokenizer, eos, max_prefill_tokens, extra.get("num_threads", 0)
+    )
     log.info(
         "transformers engine: %s on %s (weights %s), %d slots of %d tokens, "
         "%d prompt tokens per step",

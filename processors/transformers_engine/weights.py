@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from processors.transformers_engine.cpu_kernels import PANEL, CpuKernels
+from processors.transformers_engine.cpu_kernels import CpuKernels
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Linear:
         """W[ids] [n, K], in W's stored dtype: an embedding lookup in a tied lm_head."""
         if self._kernels is None:
             return self.weight[ids]
-        return self.weight[ids // PANEL, :, ids % PANEL]
+        return self._kernels.packed_rows(self.weight, ids)
 
     @property
     def nbytes(self) -> int:

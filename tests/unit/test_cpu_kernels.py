@@ -33,6 +33,8 @@ def test_bf16_linear_is_the_float32_product(kernels, num_out, num_in):
         assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-4)
         alone = kernels.linear_bf16(x[-1:], packed, num_out, padded_bias)
         assert torch.equal(alone[0], got[-1])  # batch-invariant: the same bits alone
+    ids = torch.tensor([0, num_out - 1, 17 % num_out])
+    assert torch.equal(kernels.packed_rows(packed, ids).float(), weight[ids])  # tied embeddings
 
 
 def test_rms_norm_matches_transformers(kernels):

@@ -2,7 +2,7 @@
  * cpu_kernels.py; OpenMP threads are torch's own (libgomp resolves to the copy torch loaded).
  *
  * linear_bf16: out[M, N] = x[M, K] @ w^T + bias, w a bfloat16 matrix packed in panels of 16
- *   output columns, [N/16][K][16]. Widening bfloat16 to float32 is exact, so with a bfloat16
+ *   output columns, [N/16][K][16] (columns in the order widen16 reads). Widening bfloat16 to float32 is exact, so with a bfloat16
  *   checkpoint this is the float32 model's arithmetic from half the bytes; decode at small
  *   batches is bound by those bytes. Each panel is one sequential stream; each output is one
  *   FMA chain over k in order, so a row's result does not depend on the rows batched with it.
@@ -31,6 +31,15 @@ INLINE __m256 widen8(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
 }
 
+/* 16 bfloat16 weights of one k in a panel, stored in the order 0-3, 8-11, 4-7, 12-15 (see
+ * pack_bf16), as columns 0-7 and 8-15 in float32: one load and two unpacks put each value in
+ * the high half of a 32-bit lane, which is exactly its float32. */
+INLINE void widen16(const uint16_t *p, __m256 *low, __m256 *high) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)p), zero = _mm256_setzero_si256();
+    *low = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+    *high = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+}
+
 INLINE float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -55,8 +64,7 @@ INLINE void tile(int mr, const float *x, int64_t ldx, int64_t K, const uint16_t 
     for (int64_t k = 0; k < K; ++k) {
         __m256 w0, w1;
         if (wb) {
-            w0 = widen8(wb + k * PANEL);
-            w1 = widen8(wb + k * PANEL + 8);
+            widen16(wb + k * PANEL, &w0, &w1);
         } else {
             w0 = _mm256_loadu_ps(wf + k * PANEL);
             w1 = _mm256_loadu_ps(wf + k * PANEL + 8);
@@ -125,7 +133,12 @@ void linear_bf16(const float *x, int64_t M, int64_t K, const uint16_t *packed, i
 #pragma omp for schedule(static)
             for (int64_t p = 0; p < panels; ++p) {
                 const uint16_t *src = packed + p * PANEL * K;
-                for (int64_t i = 0; i < K * PANEL; i += 8) _mm256_store_ps(wide + i, widen8(src + i));
+                for (int64_t i = 0; i < K * PANEL; i += PANEL) {
+                    __m256 low, high;
+                    widen16(src + i, &low, &high);
+                    _mm256_store_ps(wide + i, low);
+                    _mm256_store_ps(wide + i + 8, high);
+                }
                 int valid = N - p * PANEL < PANEL ? (int)(N - p * PANEL) : PANEL;
                 panel_rows(x + m0 * K, rows, K, NULL, wide, bias ? bias + p * PANEL : NULL,
                            out + m0 * N + p * PANEL, N, valid);
