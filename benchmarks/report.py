@@ -41,7 +41,9 @@ def goal(key: str, level: int, processor: str = "vllm") -> tuple[str, float] | N
     return None
 
 
-def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def medians(runs: list[dict[str, Any]], other: str = "vllm") -> dict[str, Any]:
+    """Per level: each server's medians, and the paired ratios of ours over `other` (vLLM's
+    server, or a baseline checkout of the runtime) and over the offline engine."""
     by: dict[tuple[str, int, int], dict] = {}
     for run in runs:
         by[(run["server"], run["level"], run["round"])] = run["summary"]
@@ -50,15 +52,16 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for level in levels:
         row: dict[str, Any] = {}
-        for server in ("ours", "vllm", "offline", "generate"):
+        for server in ("ours", other, "offline", "generate"):
             summaries = [by[(server, level, r)] for r in rounds if (server, level, r) in by]
             if summaries:
                 keys = [k for k in summaries[0] if isinstance(summaries[0][k], int | float)]
                 row[server] = {k: statistics.median(s[k] for s in summaries) for k in keys}
-        row["ours_over_vllm"] = _paired(by, level, rounds, "ours", "vllm")
+        row["ours_over_other"] = _paired(by, level, rounds, "ours", other)
         row["ours_over_offline"] = _paired(by, level, rounds, "ours", "offline")
-        row["vllm_over_offline"] = _paired(by, level, rounds, "vllm", "offline")
+        row["other_over_offline"] = _paired(by, level, rounds, other, "offline")
         row["ours_over_generate"] = _paired(by, level, rounds, "ours", "generate")
+        row["other"] = row.get(other, {})
         table[str(level)] = row
     return table
 
@@ -76,31 +79,36 @@ def _paired(by: dict, level: int, rounds: list[int], a: str, b: str) -> dict[str
     return {key: statistics.median(values) for key, values in ratios.items()}
 
 
-def markdown_table(table: dict[str, Any], levels: list[int], processor: str = "vllm") -> str:
+def markdown_table(
+    table: dict[str, Any], levels: list[int], other: str = "vLLM server", processor: str = "vllm"
+) -> str:
+    """The table; the goals are the issue's goals against vLLM's server for the processor ours
+    serves with, so a comparison with another contender (a baseline checkout) shows none."""
+    with_goals = other == "vLLM server"
     lines = [
-        "| c | metric | ours | vLLM server | ours/vLLM | goal |",
+        f"| c | metric | ours | {other} | ours/{other.split()[0]} | goal |",
         "|---:|---|---:|---:|---:|---|",
     ]
     for level in levels:
         row = table.get(str(level), {})
         for label, key in METRICS:
             ours = row.get("ours", {}).get(key)
-            theirs = row.get("vllm", {}).get(key)
-            ratio = row.get("ours_over_vllm", {}).get(key)
+            theirs = row.get("other", {}).get(key)
+            ratio = row.get("ours_over_other", {}).get(key)
             lines.append(
                 f"| {level} | {label} | {_num(ours)} | {_num(theirs)} | {_ratio(ratio)} | "
-                f"{_goal_cell(goal(key, level, processor), ratio)} |"
+                f"{_goal_cell(goal(key, level, processor) if with_goals else None, ratio)} |"
             )
     lines += [
         "",
-        "| c | offline tok/s | ours/offline | vLLM/offline | goal |",
+        f"| c | offline tok/s | ours/offline | {other.split()[0]}/offline | goal |",
         "|---:|---:|---:|---:|---|",
     ]
     for level in levels:
         row = table.get(str(level), {})
         offline = row.get("offline", {}).get("output_throughput")
         ours = row.get("ours_over_offline", {}).get("output_throughput")
-        theirs = row.get("vllm_over_offline", {}).get("output_throughput")
+        theirs = row.get("other_over_offline", {}).get("output_throughput")
         on_goal = level == OFFLINE_GOAL[0] and processor == "vllm"
         target = (">=", OFFLINE_GOAL[1]) if on_goal else None
         lines.append(

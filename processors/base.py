@@ -9,7 +9,7 @@ lifecycle part, `Processor`: start, health, load, shutdown.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -77,6 +77,9 @@ class GenerationRequest:
     # fewer steps cost the server less per token. A hint; a processor may send every token.
     stream_interval: int = 1
     adapter: Adapter | None = None
+    # W3C trace context (traceparent) of the runtime's span for this request, when traced: an
+    # engine with spans of its own makes them children of it.
+    trace_headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,23 @@ class EngineSettings:
         name="engine_args",
         metavar="KEY=VALUE",
     )
+    otlp_traces_endpoint: str | None = declared(
+        None,
+        "OpenTelemetry collector (OTLP; gRPC, or HTTP with OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="
+        "http/protobuf) to send a trace of every request to, the runtime's spans and vLLM's",
+    )
+    engine_request_stats: bool = declared(
+        False,
+        "keep vLLM's per-request stats on, for its queue, prefill and decode time and "
+        "preemption metrics (costs front-end CPU per token; on with --otlp-traces-endpoint)",
+    )
+
+    @property
+    def traces_endpoint(self) -> str | None:
+        """Where traces go: --otlp-traces-endpoint, or vLLM's own argument given through
+        --engine-arg (which then traces the runtime too)."""
+        given = self.otlp_traces_endpoint or self.extra_args.get("otlp_traces_endpoint")
+        return str(given) if given else None
 
     @property
     def model_name(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,6 @@ from processors.base import (
     ProcessorStats,
     SamplingParams,
     Step,
-    StructuredOutput,
-    TokenLogprob,
 )
 from processors.settings import EngineSettings
 from processors.vllm_memory import (
@@ -32,10 +30,34 @@ from processors.vllm_memory import (
     cpu_kv_cache_size,
     is_set_by_user,
 )
+from processors.vllm_translation import (
+    engine_input_factory,
+    finish_reason,
+    to_logprobs,
+    to_vllm_sampling,
+)
 
 log = logging.getLogger(__name__)
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# vLLM's Prometheus metrics fed by the scheduler's stats, which arrive whether or not vLLM keeps
+# per-request stats; every other vLLM metric (preemptions, queue, prefill and decode time, ...)
+# is fed by per-request stats and is served only while they are kept.
+SCHEDULER_METRICS = (
+    "vllm:num_requests_",  # running, waiting (the runtime exports these two itself)
+    "vllm:kv_cache_usage_perc",
+    "vllm:prefix_cache_",
+    "vllm:external_prefix_cache_",
+    "vllm:num_requests_waiting_by_reason",
+    "vllm:prompt_tokens_cached_by_source",
+    "vllm:estimated_",  # the engine's performance estimates (FLOPs, bytes moved)
+    "vllm:cache_config_info",
+    "vllm:engine_sleep_state",
+    "vllm:spec_decode_",
+    "vllm:kv_block_",
+    "vllm:mm_cache_",
+    "vllm:lora_requests_info",
+)
 
 
 def supported_architectures() -> set[str]:
@@ -70,8 +92,9 @@ class VllmProcessor:
         self._engine = await asyncio.to_thread(
             AsyncLLM.from_engine_args, engine_args, stat_loggers=[self._stat_logger_factory]
         )
-        _skip_request_stats(self._engine)
-        self._engine_input = _engine_input_factory()
+        if not self.keeps_request_stats:
+            _skip_request_stats(self._engine)
+        self._engine_input = engine_input_factory()
         tokenizer = await asyncio.to_thread(load_tokenizer, self._settings.model_path)
         model_config = self._engine.model_config
         self._info = LlmInfo(
@@ -89,6 +112,12 @@ class VllmProcessor:
         lora = self._engine.vllm_config.lora_config
         return int(lora.max_lora_rank) if lora is not None else None
 
+    @property
+    def keeps_request_stats(self) -> bool:
+        """vLLM's per-request stats stay on when asked for, and when tracing: its tracing reads
+        them at every finished request (and asserts they are there)."""
+        return self._settings.engine_request_stats or self._settings.traces_endpoint is not None
+
     async def load_adapter(self, adapter: Adapter) -> None:
         try:
             await self._engine.add_lora(_lora_request(adapter))
@@ -101,9 +130,11 @@ class VllmProcessor:
             "model": s.model_path,
             "dtype": self._dtype(),
             "tensor_parallel_size": s.tensor_parallel_size,
-            "served_model_name": s.served_model_name,
+            # vLLM labels its metrics with it: the runtime's name, so both sets match.
+            "served_model_name": s.model_name,
         }
         optional = {
+            "otlp_traces_endpoint": s.otlp_traces_endpoint,  # vLLM's own spans, same collector
             "max_model_len": s.max_model_len,
             "max_num_seqs": s.max_num_seqs,
             "gpu_memory_utilization": s.gpu_memory_utilization,
@@ -185,7 +216,7 @@ class VllmProcessor:
                 f"seed must be between {INT64_MIN} and {INT64_MAX}, got {sampling.seed}"
             )
         try:
-            _to_vllm_sampling(sampling)  # vLLM's own checks of every value
+            to_vllm_sampling(sampling)  # vLLM's own checks of every value
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise ProcessorInputError(str(exc)) from exc
 
@@ -194,12 +225,18 @@ class VllmProcessor:
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
 
         try:
-            params = _to_vllm_sampling(request.sampling, request.stream_interval)
+            params = to_vllm_sampling(request.sampling, request.stream_interval)
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise ProcessorInputError(str(exc)) from exc
         prompt = self._engine_input(list(request.prompt_token_ids))
         lora = _lora_request(request.adapter) if request.adapter is not None else None
-        outputs = self._engine.generate(prompt, params, request.request_id, lora_request=lora)
+        outputs = self._engine.generate(
+            prompt,
+            params,
+            request.request_id,
+            lora_request=lora,
+            trace_headers=request.trace_headers,
+        )
         num_prompt_tokens = len(request.prompt_token_ids)
         num_output_tokens = 0
         finished = False
@@ -212,8 +249,8 @@ class VllmProcessor:
                     text=completion.text,
                     num_prompt_tokens=num_prompt_tokens,
                     num_output_tokens=num_output_tokens,
-                    finish_reason=_finish_reason(completion.finish_reason) if finished else None,
-                    logprobs=_to_logprobs(completion.token_ids, completion.logprobs)
+                    finish_reason=finish_reason(completion.finish_reason) if finished else None,
+                    logprobs=to_logprobs(completion.token_ids, completion.logprobs)
                     if completion.logprobs
                     else (),
                     token_ids=tuple(completion.token_ids),
@@ -244,6 +281,18 @@ class VllmProcessor:
             await self._engine.check_health()
         except Exception as exc:
             raise EngineDeadError(f"the vLLM engine is not healthy: {exc}") from exc
+
+    def metric_families(self, registry: Any = None) -> Iterator[Any]:
+        """vLLM's own Prometheus metrics (it keeps them in prometheus_client's default registry
+        of this process, which nothing serves): the scheduler's always, the per-request ones
+        while vLLM keeps per-request stats (else they would read 0, not "unknown")."""
+        from prometheus_client import REGISTRY
+
+        for family in (registry or REGISTRY).collect():
+            if family.name.startswith("vllm:") and (
+                self.keeps_request_stats or family.name.startswith(SCHEDULER_METRICS)
+            ):
+                yield family
 
     def stats(self) -> ProcessorStats:
         latest = self._scheduler_stats
@@ -305,73 +354,3 @@ def _skip_request_stats(engine: Any) -> None:
     if hasattr(engine, "log_stats") and hasattr(engine, "output_processor"):
         engine.log_stats = False
         engine.output_processor.log_stats = False
-
-
-def _engine_input_factory() -> Any:
-    """Token ids as an already rendered engine input where vLLM has that type: a raw prompt
-    would go through the renderer on a thread pool, a hop per request for nothing, since the
-    runtime has tokenized and checked the prompt itself."""
-    try:
-        from vllm.inputs.engine import tokens_input
-    except ImportError:  # vLLM before its renderer API
-        from vllm import TokensPrompt
-
-        return lambda token_ids: TokensPrompt(prompt_token_ids=token_ids)
-    return tokens_input
-
-
-def _to_vllm_structured(structured: StructuredOutput | None) -> Any:
-    if structured is None:
-        return None
-    from vllm.sampling_params import StructuredOutputsParams
-
-    return StructuredOutputsParams(
-        json=structured.json_schema,
-        json_object=True if structured.json_object else None,
-        regex=structured.regex,
-        choice=list(structured.choice) if structured.choice is not None else None,
-        grammar=structured.grammar,
-    )
-
-
-def _to_vllm_sampling(sampling: SamplingParams, stream_interval: int = 1) -> Any:
-    from vllm import SamplingParams as VllmSamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    return VllmSamplingParams(
-        max_tokens=sampling.max_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        min_p=sampling.min_p,
-        seed=sampling.seed,
-        stop=list(sampling.stop),
-        presence_penalty=sampling.presence_penalty,
-        frequency_penalty=sampling.frequency_penalty,
-        repetition_penalty=sampling.repetition_penalty,
-        ignore_eos=sampling.ignore_eos,
-        logprobs=sampling.logprobs,
-        structured_outputs=_to_vllm_structured(sampling.structured),
-        skip_special_tokens=sampling.skip_special_tokens,
-        output_kind=RequestOutputKind.DELTA,  # new text per step; the APIs accumulate if needed
-        # vLLM then builds no output for the tokens in between: that work is saved too.
-        stream_interval=stream_interval if stream_interval > 1 else None,
-    )
-
-
-def _finish_reason(reason: str | None) -> Any:
-    return reason if reason in ("stop", "length") else "abort"
-
-
-def _to_logprobs(token_ids: Any, per_token: Any) -> tuple[TokenLogprob, ...]:
-    if not per_token:
-        return ()
-    result = []
-    for token_id, candidates in zip(token_ids, per_token, strict=False):
-        chosen = candidates[token_id]  # the sampled token, whatever its rank
-        top = tuple(
-            (lp.decoded_token or "", lp.logprob)
-            for lp in sorted(candidates.values(), key=lambda lp: lp.rank)
-        )
-        result.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob, top))
-    return tuple(result)

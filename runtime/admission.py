@@ -19,10 +19,11 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from opentelemetry import trace
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.asgi import refuse
+from runtime.asgi import refuse, route_path
 from runtime.errors import ApiError, ErrorKind
 from runtime.metrics import Metrics
 from runtime.phase import LOADED_PHASES, Phase, ServingStatus
@@ -162,14 +163,18 @@ class AdmissionMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         method = "WEBSOCKET" if kind == "websocket" else scope.get("method", "")
-        if kind not in ("http", "websocket") or (scope["path"], method) not in self.gated:
+        if kind not in ("http", "websocket") or (route_path(scope), method) not in self.gated:
             await self.app(scope, receive, send)
             return
         is_websocket = kind == "websocket"
         is_work = is_websocket or method == "POST"
         admission = self.admission
         refusal = admission.refusal(bounded=not is_websocket) if is_work else admission.readable()
+        span = trace.get_current_span()  # the request's span when tracing, else a no-op
         if refusal is not None:
+            if span.is_recording():
+                error = refusal[0]
+                span.add_event("admission", {"admitted": False, "status": error.status})
             await refuse(scope, send, *refusal)
             return
         state = scope.setdefault("state", {})
@@ -179,4 +184,14 @@ class AdmissionMiddleware:
             return
         with admission.admitted() as ticket:
             state[TICKET_KEY] = ticket
+            if span.is_recording():
+                span.add_event(
+                    "admission",
+                    {
+                        "admitted": True,
+                        "num_in_flight": admission.num_in_flight,
+                        "num_engine_requests": admission.num_engine_requests,
+                        "limit": admission.limit if admission.limit is not None else -1,
+                    },
+                )
             await self.app(scope, receive, send)

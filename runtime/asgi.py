@@ -12,6 +12,17 @@ from runtime.errors import ApiError
 WEBSOCKET_CLOSE_CODES = {401: 1008, 429: 1013, 503: 1013}
 
 
+def route_path(scope: Scope) -> str:
+    """The path as the routes know it. Behind a proxy with --root-path, a request arrives
+    with the prefix (the proxy kept it) or without (the proxy stripped it); the router
+    matches both, and so must every middleware that looks at the path (Starlette's rule)."""
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :] or "/"
+    return path
+
+
 async def send_error(
     send: Send, error: ApiError, headers: dict[str, str] | None = None, prefix: str = ""
 ) -> None:

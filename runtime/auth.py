@@ -7,7 +7,7 @@ from collections.abc import Collection
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.asgi import refuse
+from runtime.asgi import refuse, route_path
 from runtime.errors import ApiError, ErrorKind
 
 
@@ -36,13 +36,12 @@ class TokenAuth:
         self._open_pages = frozenset(open_pages)
 
     def _is_open(self, scope: Scope) -> bool:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in self._open_paths:
+        if scope["type"] not in ("http", "websocket"):
             return True
-        return (
-            scope["type"] == "http"
-            and scope["method"] == "GET"
-            and (scope["path"] in self._open_pages)
-        )
+        path = route_path(scope)
+        if path in self._open_paths:
+            return True
+        return scope["type"] == "http" and scope["method"] == "GET" and path in self._open_pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._is_open(scope):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -29,6 +30,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processors.base import Step
+from runtime.asgi import route_path
 from runtime.config import CallLogConfig
 from runtime.errors import ApiError
 
@@ -178,9 +180,10 @@ class CallLog:
         if self._thread is not None:
             return
         config = self.config
+        path = str(config.path)
         self._handler = RotatingFileHandler(
-            str(config.path),
-            maxBytes=config.max_bytes,
+            path,
+            maxBytes=0 if is_stream(path) else config.max_bytes,
             backupCount=config.backups,
             encoding="utf-8",
         )
@@ -235,6 +238,13 @@ class CallLog:
                 self._queue.task_done()
 
 
+def is_stream(path: str) -> bool:
+    """/dev/stdout (the log shipper's way in a container) and other non-files never rotate."""
+    return path.startswith(("/dev/", "/proc/")) or (
+        os.path.exists(path) and not os.path.isfile(path)
+    )
+
+
 @contextmanager
 def recording(call_log: CallLog | None, call: CallRecord) -> Iterator[CallRecord]:
     """Make `call` the current call while the block runs, then finish and log it."""
@@ -261,7 +271,7 @@ class CallLogMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        call = CallRecord("POST", scope["path"], scope.get("client"))
+        call = CallRecord("POST", route_path(scope), scope.get("client"))
         call.status = 500  # unless an answer starts
 
         async def recording_receive() -> Message:

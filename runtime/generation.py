@@ -26,6 +26,7 @@ from processors.base import (
 from runtime.call_log import current_call
 from runtime.errors import ApiError, ErrorKind, from_exception
 from runtime.metrics import Metrics
+from runtime.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,10 @@ class GenerationRunner:
         metrics: Metrics,
         request_timeout: float | None = None,
         stream_interval: str = "1",
+        tracing: Tracing | None = None,
     ) -> None:
         self.processor = processor
+        self.tracing = tracing or Tracing()
         self.request_timeout = request_timeout
         self.metrics = metrics
         self._fixed_interval = None if stream_interval == "auto" else int(stream_interval)
@@ -117,12 +120,14 @@ class GenerationRunner:
         sampling: SamplingParams,
         adapter: Adapter | None = None,
     ) -> AsyncGenerator[Step, None]:
+        span = self.tracing.generation(request_id, len(prompt_token_ids), sampling)
         request = GenerationRequest(
             request_id,
             prompt_token_ids,
             sampling,
             stream_interval=self._stream_interval(),
             adapter=adapter,
+            trace_headers=span.headers if span is not None else None,
         )
         call = current_call()  # the call record this request's steps go to, if any
         call.note_request(request_id)
@@ -137,6 +142,7 @@ class GenerationRunner:
             deadline = loop.call_later(self.request_timeout, self.abort, request_id, timeout)
         timer = self.metrics.request()
         num_output_tokens, finished = 0, False
+        awaiting_first = span is not None
         try:
             # Closed explicitly, so a client that leaves aborts the request at once.
             async with aclosing(self.processor.generate(request)) as steps:
@@ -147,17 +153,24 @@ class GenerationRunner:
                             if reason.kind is ErrorKind.TIMEOUT:
                                 self.metrics.timeouts.inc()
                             raise reason
-                    timer.step(step.num_output_tokens - num_output_tokens)
+                    if awaiting_first and span is not None:
+                        awaiting_first = False
+                        span.first_token()
+                    timer.step(step.num_output_tokens - num_output_tokens, step.num_prompt_tokens)
                     num_output_tokens = step.num_output_tokens
                     if step.finish_reason is not None:
                         finished = True
                         timer.finish(step.num_prompt_tokens, num_output_tokens, step.finish_reason)
+                        if span is not None:
+                            span.finish(step.finish_reason, num_output_tokens)
                     call.note_step(request_id, step)
                     yield step
         except Exception as exc:
             finished = True
             error = from_exception(exc)
             call.note_error(error)
+            if span is not None:
+                span.fail(error.status, error.message)
             if error is exc:
                 raise
             raise error from exc
@@ -165,6 +178,8 @@ class GenerationRunner:
             if not finished:  # closed before its end: the client left
                 self.metrics.disconnects.inc()
                 call.note_error(ApiError(ErrorKind.CLIENT_CLOSED, "the client left"))
+                if span is not None:
+                    span.abandon()
             if deadline is not None:
                 deadline.cancel()
             self._abort_reasons.pop(request_id, None)

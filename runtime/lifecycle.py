@@ -35,6 +35,7 @@ from runtime.prepare import (
     install_python_requirements,
 )
 from runtime.queue import open_queue
+from runtime.stats_log import ThroughputLog
 from runtime.threads import DaemonThreadExecutor
 from runtime.warmup import read_warm_up, run_warm_up
 
@@ -69,7 +70,7 @@ class Lifecycle:
                 host=config.server.host,
                 port=config.server.port,
                 log_config=None,  # keep the runtime's logging set-up
-                access_log=False,
+                access_log=config.observability.access_log,
                 http=protocol_with_header_timeout(config.lifecycle.request_read_timeout),
                 timeout_keep_alive=config.lifecycle.timeout_keep_alive,
                 # Requests are drained before the server is told to exit; this only bounds
@@ -79,6 +80,9 @@ class Lifecycle:
             )
         )
         self.exit_code = EXIT_OK
+        # Children the process had before the runtime started are not the runtime's to stop (a
+        # program that embeds it, a test runner with servers of its own).
+        self._children_before = _child_pids()
         self._started = time.monotonic()  # start-up's log lines count from here
         self._loading = ""  # what is being loaded, for the progress lines
         self._stopping = False
@@ -103,6 +107,7 @@ class Lifecycle:
             await self._shutdown_processor()
             if self.parts.call_log is not None:  # every record of the drained requests lands
                 await asyncio.to_thread(self.parts.call_log.close)
+            await asyncio.to_thread(self.parts.tracing.shutdown)  # the last spans go out
         log.info("stopped (exit code %d)", self.exit_code)
         return self.exit_code
 
@@ -135,6 +140,10 @@ class Lifecycle:
             time.monotonic() - self._started,
         )
         self._spawn(self.drain.watch(self.processor.check_health), "engine-watchdog")
+        interval = self.config.observability.log_stats_interval
+        if interval > 0:
+            throughput = ThroughputLog(self.parts.metrics, self.processor, self.parts.admission)
+            self._spawn(throughput.run(interval), "throughput-log")
 
     async def _prepare(self) -> None:
         prepare, lifecycle = self.config.prepare, self.config.lifecycle
@@ -214,7 +223,7 @@ class Lifecycle:
         name = signal.Signals(signum).name
         if self._stopping:
             log.warning("second %s: exiting now", name)
-            _kill_children()
+            _kill_children(spare=self._children_before)
             logging.shutdown()
             os._exit(128 + signum)
         self._stopping = True
@@ -239,7 +248,7 @@ class Lifecycle:
             await asyncio.wait_for(self.processor.shutdown(), ENGINE_SHUTDOWN_TIMEOUT_S)
         except Exception as exc:
             log.warning("the engine did not shut down cleanly: %s", exc)
-        _kill_children()
+        _kill_children(spare=self._children_before)
 
     def _spawn(self, work, name: str) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(work, name=name)
@@ -256,17 +265,23 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _kill_children() -> None:
-    """No child process (engine core, workers) may outlive the runtime.
+def _child_pids() -> set[int]:
+    return {child.pid for child in psutil.Process().children()}
+
+
+def _kill_children(spare: set[int]) -> None:
+    """No child process the runtime started (engine core, workers) may outlive it; the
+    children in `spare`, there before it started, and theirs are left alone.
 
     multiprocessing's resource tracker is spared: it ignores SIGTERM by design and exits by
     itself once this process is gone, after removing the shared memory left behind.
     """
-    children = [
-        child
-        for child in psutil.Process().children(recursive=True)
-        if not _is_resource_tracker(child)
-    ]
+    children: list[psutil.Process] = []
+    for child in psutil.Process().children():
+        if child.pid not in spare:
+            with contextlib.suppress(psutil.Error):
+                children += [child, *child.children(recursive=True)]
+    children = [child for child in children if not _is_resource_tracker(child)]
     for child in children:
         with contextlib.suppress(psutil.Error):
             child.terminate()

@@ -8,11 +8,15 @@ waiting, KV cache) is read from the processor when scraped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from processors.base import ProcessorStats
+from runtime.asgi import route_path
 
 # vLLM's buckets, so histograms line up with dashboards built for vLLM
 # fmt: off
@@ -26,9 +30,21 @@ E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 4
 ENGINE_LABELS = ("model_name", "engine")
 
 
+class TokenCounts:
+    """Tokens processed so far, as plain numbers for the throughput line: prompt tokens when a
+    request's first token arrives, generated tokens as they stream."""
+
+    __slots__ = ("generation", "prompt")
+
+    def __init__(self) -> None:
+        self.prompt = 0
+        self.generation = 0
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.tokens = TokenCounts()
         self._labels: tuple[str, str] = ("", "0")
         r = self.registry
         self.num_running = Gauge(
@@ -125,6 +141,13 @@ class Metrics:
         )
         self._bound: _BoundEngineMetrics | None = None  # made at the first request
 
+    def add_engine_families(self, families: Callable[[], Iterable[Metric]]) -> None:
+        """Serve the engine's own metrics too (vLLM's scheduler metrics), but for those the
+        runtime exports under the same names: one series each, the runtime's, which every
+        processor feeds alike."""
+        own = {family.name for family in self.registry.collect()}
+        self.registry.register(_EngineFamilies(families, frozenset(own)))
+
     def set_model_name(self, model_name: str) -> None:
         self._labels = (model_name, "0")
         self._bound = None
@@ -144,6 +167,15 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class _EngineFamilies(Collector):
+    def __init__(self, families: Callable[[], Iterable[Metric]], exclude: frozenset[str]) -> None:
+        self._families = families
+        self._exclude = exclude
+
+    def collect(self) -> Iterable[Metric]:
+        return (family for family in self._families() if family.name not in self._exclude)
+
+
 class _BoundEngineMetrics:
     """The request histograms and counters with their labels applied once: `labels()` takes a
     lock and builds a key on every call, which is too much for once per token."""
@@ -157,6 +189,7 @@ class _BoundEngineMetrics:
         self.generation_tokens = metrics.generation_tokens.labels(*labels)
         self.request_success = metrics.request_success
         self.labels = labels
+        self.tokens = metrics.tokens
 
 
 class RequestTimer:
@@ -169,11 +202,13 @@ class RequestTimer:
         self._started = self._last = time.perf_counter()
         self._first: float | None = None
 
-    def step(self, num_new_tokens: int) -> None:
+    def step(self, num_new_tokens: int, num_prompt_tokens: int = 0) -> None:
         now = time.perf_counter()
+        self._bound.tokens.generation += num_new_tokens
         if self._first is None:
             self._first = now
             self._bound.ttft.observe(now - self._started)
+            self._bound.tokens.prompt += num_prompt_tokens
         elif num_new_tokens:
             self._bound.itl.observe(now - self._last)
         self._last = now
@@ -215,6 +250,7 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             # Unknown paths share one label, so scanners cannot blow up the series count.
-            route = scope["path"] if scope["path"] in self._routes else "other"
+            path = route_path(scope)
+            route = path if path in self._routes else "other"
             self.metrics.http_requests.labels(route, scope["method"], str(status)).inc()
             self.metrics.http_latency.labels(route).observe(time.perf_counter() - started)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 
+from models.cache import cache_dir
 from models.validate import ModelCheckError
 from processors.allspark_api import BaseProcessor
 from processors.custom_processor import CustomProcessor
@@ -23,10 +24,14 @@ from runtime.app import LlmApp, RawApp, ServedApp, ServingParts
 from runtime.config import ConfigError, RuntimeConfig
 from runtime.config.flags import serve_config
 from runtime.lifecycle import EXIT_START_ERROR, Lifecycle
-from runtime.logs import setup_logging
+from runtime.logs import configure_logging, setup_logging
 from runtime.model_source import resolve_model
 
 log = logging.getLogger(__name__)
+
+# The platform's own processes listen on these inside a service's container (PAI-EAS's custom
+# image documentation: the container port must be neither).
+PLATFORM_RESERVED_PORTS = (8080, 9090)
 
 
 def serve(config: RuntimeConfig) -> int:
@@ -63,8 +68,11 @@ def serve_user_processor(user: BaseProcessor, argv: list[str]) -> int:
 
 def _run(parts: ServingParts, served: ServedApp) -> int:
     config = parts.config
-    logging.getLogger().setLevel(config.server.log_level.upper())
+    configure_logging(config.observability.log_format, config.server.log_level, cache_dir())
     log.info("config in effect: %s", config.redacted())
+    reserved = reserved_port_warning(config)
+    if reserved:
+        log.warning("%s", reserved)
     if config.ignored_keys:
         log.warning(
             "service JSON keys ignored (not supported by this runtime): %s",
@@ -72,6 +80,19 @@ def _run(parts: ServingParts, served: ServedApp) -> int:
         )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(Lifecycle(parts, served).run())
+
+
+def reserved_port_warning(config: RuntimeConfig) -> str | None:
+    """What to say when a platform deployment (a service JSON) serves on a port the platform
+    keeps for itself."""
+    port = config.server.port
+    if config.service_json is None or port not in PLATFORM_RESERVED_PORTS:
+        return None
+    return (
+        f"port {port} is reserved on the platform (PAI-EAS runs its own processes on "
+        f"{' and '.join(map(str, PLATFORM_RESERVED_PORTS))} in a service's container): set "
+        "containers[0].port (or --port) to another, e.g. 8000"
+    )
 
 
 def _loop_factory():  # -> Callable[[], AbstractEventLoop]

@@ -53,6 +53,8 @@ class LlmService:
     sampling_defaults: Mapping[str, Any] = field(default_factory=dict)
     parsing: OutputParsing = field(default_factory=OutputParsing)  # tool calls, reasoning
     adapters: AdapterRegistry | None = None  # LoRA adapters by name
+    # Seconds an SSE stream waits for its first token before comments keep it alive (0: never).
+    sse_keep_alive: float = 0.0
 
     @classmethod
     def loaded(
@@ -63,6 +65,7 @@ class LlmService:
         sampling_defaults: Mapping[str, Any],
         server: ServerConfig,
         adapters: AdapterRegistry,
+        sse_keep_alive: float = 0.0,
     ) -> LlmService:
         info = processor.info
         prompts = PromptBuilder(
@@ -75,7 +78,17 @@ class LlmService:
             server.tool_parser_plugin,
             info.tokenizer,
         )
-        return cls(info, prompts, runner, limits, processor, sampling_defaults, parsing, adapters)
+        return cls(
+            info,
+            prompts,
+            runner,
+            limits,
+            processor,
+            sampling_defaults,
+            parsing,
+            adapters,
+            sse_keep_alive,
+        )
 
     def model(self, named: str | None) -> tuple[str, Adapter | None]:
         """The served name a request's `model` asks for (404 for none served), and its
@@ -89,6 +102,11 @@ class LlmService:
                 param="model",
             )
         return self.info.model_name, None
+
+    def keep_alive(self, request: object | None) -> float:
+        """The keep-alive interval of a stream to a client; none for an answer the queue or
+        the warm-up reads whole."""
+        return self.sse_keep_alive if request is not None else 0.0
 
     def check_sampling(self, sampling: SamplingParams) -> SamplingParams:
         """`sampling` as the processor accepts it, or ApiError 400 saying why not."""

@@ -25,6 +25,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from runtime.admission import Admission, admitted_service
 from runtime.api.chatllm import parse_chatllm_body, prepare_chat
+from runtime.asgi import route_path
 from runtime.call_log import CallLog, CallRecord, recording
 from runtime.config import ServerConfig
 from runtime.errors import ApiError, ErrorKind, from_exception
@@ -124,7 +125,9 @@ class ChatSession:
         return True
 
     async def _reply(self, data: bytes, refusal: ApiError | None) -> None:
-        call = CallRecord("WEBSOCKET", self.websocket.scope["path"], self.websocket.client, data)
+        call = CallRecord(
+            "WEBSOCKET", route_path(self.websocket.scope), self.websocket.client, data
+        )
         with recording(self.call_log, call):
             try:
                 if refusal is not None:

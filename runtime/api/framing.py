@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -11,6 +13,8 @@ from starlette.responses import Response, StreamingResponse
 T = TypeVar("T")
 
 SSE_DONE = b"data: [DONE]\n\n"
+# A comment line: SSE clients skip it, proxies see bytes and keep the connection.
+SSE_KEEP_ALIVE = b": keep-alive\n\n"
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -58,6 +62,80 @@ async def primed(items: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
         await items.aclose()
         raise
     return _chain(first, items)
+
+
+async def sse_stream(
+    events_of: Callable[[AsyncGenerator[T, None]], AsyncIterator[bytes]],
+    items: AsyncGenerator[T, None],
+    keep_alive: float,
+) -> StreamingResponse:
+    """The SSE answer `events_of(items)`, primed (see `primed`) for up to `keep_alive` seconds.
+
+    A request that waits longer for its first item (queued in the engine behind others) is
+    answered at once: headers, then a comment every `keep_alive` seconds until the first item,
+    so that proxies with idle timeouts keep the connection. An error before the first item is
+    then an error event, like any error once streaming has started; one that comes sooner is
+    still an HTTP status. `keep_alive` 0: always primed, never a comment."""
+    if keep_alive <= 0:
+        return sse_response(events_of(await primed(items)))
+    first = asyncio.ensure_future(anext(items))
+    try:
+        await asyncio.wait({first}, timeout=keep_alive)
+    except BaseException:
+        await _close(first, items)
+        raise
+    if not first.done():
+        return sse_response(_keep_alive_until(first, items, events_of, keep_alive))
+    try:
+        item = first.result()
+    except StopAsyncIteration:
+        return sse_response(events_of(_empty()))
+    except BaseException:
+        await items.aclose()
+        raise
+    return sse_response(events_of(_chain(item, items)))
+
+
+async def _keep_alive_until(
+    first: asyncio.Future,
+    rest: AsyncGenerator[T, None],
+    events_of: Callable[[AsyncGenerator[T, None]], AsyncIterator[bytes]],
+    interval: float,
+) -> AsyncGenerator[bytes, None]:
+    try:
+        yield SSE_KEEP_ALIVE  # the first item is late already: the answer starts now
+        while not first.done():
+            done, _ = await asyncio.wait({first}, timeout=interval)
+            if not done:
+                yield SSE_KEEP_ALIVE
+        async for event in events_of(_resumed(first, rest)):
+            yield event
+    finally:
+        await _close(first, rest)
+
+
+async def _resumed(first: asyncio.Future, rest: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    """The first item's outcome (an item, the end, or its error, raised here so that the
+    events' own error handling sees it), then the rest."""
+    try:
+        item = first.result()
+    except StopAsyncIteration:
+        return
+    yield item
+    async for item in rest:
+        yield item
+
+
+async def _close(first: asyncio.Future, items: AsyncGenerator[Any, None]) -> None:
+    """Stop waiting for the first item (a client that left), then close the items, which
+    aborts their request."""
+    if not first.done():
+        first.cancel()
+        with contextlib.suppress(BaseException):
+            await first
+    elif not first.cancelled():
+        first.exception()  # retrieved: an error nobody will see is not logged as lost
+    await items.aclose()
 
 
 async def _chain(first: T, rest: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:

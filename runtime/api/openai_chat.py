@@ -21,11 +21,10 @@ from runtime.api.fields import refuse_unhonoured
 from runtime.api.framing import (
     SSE_DONE,
     json_response,
-    primed,
     sse_event,
     sse_event_after,
     sse_head,
-    sse_response,
+    sse_stream,
 )
 from runtime.api.openai_schema import ChatCompletionRequest
 from runtime.api.tools import check_tools, template_tools, tool_constraint
@@ -133,8 +132,11 @@ async def answer_chat(
     runner = service.runner
     if body.stream:
         steps = runner.stream_choices(request_id, [prompt_ids], sampling, body.n, adapter)
-        events = _stream(head, body, output, echo, len(prompt_ids), await primed(steps))
-        return sse_response(events)
+        return await sse_stream(
+            lambda primed: _stream(head, body, output, echo, len(prompt_ids), primed),
+            steps,
+            service.keep_alive(request),
+        )
     work = runner.complete(request_id, [prompt_ids], sampling, body.n, adapter)
     choices = await unless_disconnected(request, work)
     answers = []

@@ -21,11 +21,10 @@ from runtime.api.fields import refuse_unhonoured
 from runtime.api.framing import (
     SSE_DONE,
     json_response,
-    primed,
     sse_event,
     sse_event_after,
     sse_head,
-    sse_response,
+    sse_stream,
 )
 from runtime.api.openai_schema import CompletionRequest
 from runtime.errors import bad_request, from_exception
@@ -102,7 +101,11 @@ async def answer_completion(
     runner = service.runner
     if body.stream:
         steps = runner.stream_choices(request_id, prompts, sampling, body.n, adapter)
-        return sse_response(_stream(head, body, echoes, num_prompt, await primed(steps)))
+        return await sse_stream(
+            lambda primed: _stream(head, body, echoes, num_prompt, primed),
+            steps,
+            service.keep_alive(request),
+        )
     work = runner.complete(request_id, prompts, sampling, body.n, adapter)
     choices = await unless_disconnected(request, work)
     return json_response(

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
@@ -35,6 +36,7 @@ from runtime.errors import (
 from runtime.metrics import HttpMetricsMiddleware, Metrics
 from runtime.phase import ServingStatus
 from runtime.queue.workers import QueueWorkers
+from runtime.tracing import Tracing, TracingMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +51,20 @@ class ServingParts:
     admission: Admission
     call_log: CallLog | None = None
     queue: QueueWorkers | None = None  # --async: the platform routes enqueue
+    tracing: Tracing = field(default_factory=Tracing)  # off unless an OTLP endpoint is given
 
     @classmethod
-    def for_config(cls, config: RuntimeConfig) -> ServingParts:
+    def for_config(cls, config: RuntimeConfig, tracing: Tracing | None = None) -> ServingParts:
+        """The parts `config` asks for; `tracing` replaces the OTLP exporter (tests)."""
         status, metrics = ServingStatus(), Metrics()
         # With --async, requests wait in the queue (450 when full), not in flight (429).
         max_waiting = None if config.queue.enabled else config.lifecycle.max_queue_size
         call_log = CallLog(config.call_log, config.server.token) if config.call_log.path else None
         queue = QueueWorkers.for_config(config, status, metrics) if config.queue.enabled else None
-        return cls(
-            config, status, metrics, Admission(status, metrics, max_waiting), call_log, queue
-        )
+        if tracing is None:
+            tracing = Tracing.for_endpoint(config.engine.traces_endpoint)
+        admission = Admission(status, metrics, max_waiting)
+        return cls(config, status, metrics, admission, call_log, queue, tracing)
 
 
 def build_app(
@@ -72,7 +77,16 @@ def build_app(
     """The app: the shared routes, `gated` (the served model's routes, behind the admission
     gate), `pages` (served without the token) and `ungated` routes, with every middleware."""
     config, status, admission = parts.config, parts.status, parts.admission
-    app = FastAPI(title="llm-runtime", version=__version__, docs_url=None, redoc_url=None)
+    http = config.http
+    docs = not http.disable_fastapi_docs  # as vLLM's server: on unless disabled
+    app = FastAPI(
+        title="llm-runtime",
+        version=__version__,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+        root_path=http.root_path,
+    )
     app.include_router(health_router(config.server, status, admission, processor))
     app.include_router(introspection_router(config, status, admission, parts.metrics, processor))
     for router in gated:
@@ -81,7 +95,8 @@ def build_app(
         app.include_router(router)
     _add_error_handlers(app)
     # Starlette runs the last added middleware first: call records and HTTP metrics (which see
-    # every answer), body limit, auth, then admission.
+    # every answer), CORS (a preflight carries no token; a 401 needs CORS headers for the
+    # browser to read it), body limit, auth, then admission.
     app.add_middleware(AdmissionMiddleware, admission=admission, gated=_endpoints(gated))
     server = config.server
     if server.token:
@@ -99,10 +114,20 @@ def build_app(
         max_body_bytes=lifecycle.max_body_bytes,
         read_timeout=lifecycle.request_read_timeout,
     )
+    if http.allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(http.allowed_origins),
+            allow_methods=list(http.allowed_methods),
+            allow_headers=list(http.allowed_headers),
+            allow_credentials=http.allow_credentials,
+        )
     routes = frozenset(getattr(route, "path", "") for route in app.routes)
     app.add_middleware(HttpMetricsMiddleware, metrics=parts.metrics, routes=routes)
     if parts.call_log is not None:
         app.add_middleware(CallLogMiddleware, call_log=parts.call_log)
+    if parts.tracing.tracer is not None:  # outermost: every other middleware runs in its span
+        app.add_middleware(TracingMiddleware, tracer=parts.tracing.tracer, routes=routes)
     return app
 
 

@@ -41,6 +41,7 @@ class LlmApp:
             parts.metrics,
             config.lifecycle.request_timeout,
             stream_interval=config.server.stream_interval,
+            tracing=parts.tracing,
         )
         server = config.server
         if parts.queue is not None:  # the platform routes enqueue; workers answer
@@ -78,6 +79,9 @@ class LlmApp:
         await self.processor.start()
         info = self.processor.info
         self.parts.metrics.set_model_name(info.model_name)
+        engine_families = getattr(self.processor, "metric_families", None)
+        if engine_families is not None:  # an engine with Prometheus metrics of its own
+            self.parts.metrics.add_engine_families(engine_families)
         log.info(
             "loaded %s (%s, context %d tokens) on the %s processor",
             info.model_name,
@@ -95,7 +99,10 @@ class LlmApp:
             self.processor, info.model_name, server.allow_runtime_lora_updating
         )
         await adapters.load_configured(self.source.settings.lora_modules)
-        return LlmService.loaded(self.processor, self.runner, limits, defaults, server, adapters)
+        keep_alive = self.parts.config.http.sse_keep_alive
+        return LlmService.loaded(
+            self.processor, self.runner, limits, defaults, server, adapters, keep_alive
+        )
 
     def answers(self, service: LlmService) -> dict[str, Answer]:
         """Each POST route's answer to a body, as bytes and a status, for requests that come

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from runtime.config.build import build_config
 from runtime.config.catalog import ENV_PREFIX, SETTINGS, Setting
+from runtime.config.frontend import HttpConfig, ObservabilityConfig
 from runtime.config.sections import (
     CallLogConfig,
     ConfigError,
@@ -23,7 +26,9 @@ __all__ = [
     "SETTINGS",
     "CallLogConfig",
     "ConfigError",
+    "HttpConfig",
     "LifecycleConfig",
+    "ObservabilityConfig",
     "PrepareConfig",
     "QueueConfig",
     "RuntimeConfig",
@@ -34,13 +39,36 @@ __all__ = [
 ]
 
 
+log = logging.getLogger(__name__)
+
+# What Kubernetes puts in <SERVICE>_PORT for every Service of the namespace ("service links"):
+# a Service named llm-runtime sets LLM_RUNTIME_PORT=tcp://10.0.0.12:8000 in every pod.
+SERVICE_LINK = re.compile(r"tcp://[^\s/:]+:\d+")
+
+
 def env_values(environ: Mapping[str, str]) -> dict[str, str]:
-    """Settings given as LLM_RUNTIME_<NAME> variables (or their aliases, e.g. VLLM_API_KEY)."""
+    """Settings given as LLM_RUNTIME_<NAME> variables (or their aliases, e.g. VLLM_API_KEY).
+    A port setting holding a Kubernetes service link was not set by anyone for this runtime:
+    it is left out, with a warning that says where it came from and how to keep it out."""
     values = {}
     for setting in SETTINGS.values():
         given = [name for name in setting.environment_names if name in environ]
-        if given:
-            values[setting.name] = environ[given[0]]
+        if not given:
+            continue
+        name = given[0]
+        value = environ[name]
+        if name.endswith("_PORT") and SERVICE_LINK.fullmatch(value.strip()):
+            log.warning(
+                "%s=%s is a Kubernetes service link (a Service named %s in this namespace), not "
+                "a port for this runtime: ignored. Set enableServiceLinks: false in the pod "
+                "spec, or %s explicitly in the container's env, to keep it out",
+                name,
+                value,
+                name.removesuffix("_PORT").lower().replace("_", "-"),
+                name,
+            )
+            continue
+        values[setting.name] = value
     return values
 
 
@@ -62,4 +90,4 @@ def load_config(
             environ.setdefault(name, value)
     layers.append(("environment", env_values(environ)))
     layers.append(("command line", cli_values))
-    return build_config(layers, ignored_keys=tuple(ignored))
+    return build_config(layers, ignored_keys=tuple(ignored), service_json=service_json)

@@ -57,6 +57,8 @@ def _to_str(value: Any) -> str:
 
 
 def _to_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list) and len(value) == 1 and str(value[0]).lstrip().startswith("["):
+        value = value[0]  # a flag given one JSON list, as vLLM's --allowed-origins takes it
     if isinstance(value, str):
         value = json.loads(value) if value.lstrip().startswith("[") else value.split()
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
@@ -88,7 +90,9 @@ _CONVERTERS = {
 
 
 def build_config(
-    layers: list[tuple[str, Mapping[str, Any]]], ignored_keys: tuple[str, ...] = ()
+    layers: list[tuple[str, Mapping[str, Any]]],
+    ignored_keys: tuple[str, ...] = (),
+    service_json: str | None = None,
 ) -> RuntimeConfig:
     """Merge `(source, values)` layers, lowest precedence first, into a validated config."""
     merged: dict[str, Any] = {}
@@ -115,7 +119,7 @@ def build_config(
     defaults = RuntimeConfig()
     for section, values in sections.items():
         top[section] = dataclasses.replace(getattr(defaults, section), **values)
-    return RuntimeConfig(**top, ignored_keys=tuple(ignored_keys))
+    return RuntimeConfig(**top, ignored_keys=tuple(ignored_keys), service_json=service_json)
 
 
 def _check(setting: Setting, value: Any) -> None:

@@ -24,6 +24,7 @@ from processors.declaration import (
 )
 from processors.registry import PROCESSOR_NAMES
 from processors.settings import CustomSettings, EngineSettings
+from runtime.config.frontend import HttpConfig, ObservabilityConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 SHM_POLICIES = ("fallback", "fail")
@@ -393,7 +394,10 @@ class RuntimeConfig:
     custom: CustomSettings = field(default_factory=CustomSettings)
     call_log: CallLogConfig = field(default_factory=CallLogConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     ignored_keys: tuple[str, ...] = ()  # service JSON keys this runtime does not read
+    service_json: str | None = None  # the platform's deployment file, when one was given
 
     def redacted(self) -> dict[str, Any]:
         """The settings in effect, safe to log or show: the token never leaves."""

@@ -220,6 +220,8 @@ def serve_service_json(workdir: Path, model_cache_dir: Path, *args: str) -> Serv
 
 def stop_cleanly(server: Server) -> None:
     """SIGTERM; the server must exit 0 and leave no child process behind."""
+    early = server.process.poll()
+    assert early is None, f"the server had exited with {early}:\n{server.log()[-3000:]}"
     children = psutil.Process(server.process.pid).children(recursive=True)
     code = stop(server.process)
     assert code == 0, f"the server exited with {code}:\n{server.log()[-3000:]}"

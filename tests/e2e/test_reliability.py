@@ -376,7 +376,7 @@ def test_clients_that_leave_free_the_engine_at_once(server):
         (
             "post",
             "/v1/completions",
-            {"json": {"prompt": [[1, 2, 3]] * 1000, "n": 16, "max_tokens": 1}},
+            {"json": {"prompt": [[1, 2, 3]] * 200, "n": 16, "max_tokens": 1}},  # < 4 KiB
             400,
         ),
         ("post", "/", {"data": b""}, 400),

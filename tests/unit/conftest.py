@@ -91,7 +91,13 @@ def post_then_leave(app, path: str, body: dict, leave_when: Callable[[list[bytes
         if message["type"] == "http.response.body":
             received.append(message.get("body", b""))
 
-    scope = {
+    asyncio.run(app(post_scope(path), receive, send))
+
+
+def post_scope(path: str) -> dict:
+    """The ASGI scope of a JSON POST from client 10.1.2.3:4567, for tests that play the client
+    message by message."""
+    return {
         "type": "http",
         "method": "POST",
         "path": path,
@@ -100,4 +106,3 @@ def post_then_leave(app, path: str, body: dict, leave_when: Callable[[list[bytes
         "http_version": "1.1",
         "client": ("10.1.2.3", 4567),
     }
-    asyncio.run(app(scope, receive, send))

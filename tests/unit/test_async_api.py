@@ -6,6 +6,8 @@ import asyncio
 import base64
 import contextlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -294,9 +296,14 @@ def test_a_queue_in_use_stops_the_start_with_exit_code_2(tmp_path, caplog):
 
     path = tmp_path / "q.sqlite3"
     holder = SqliteQueue(path)  # another runtime has it
+    # A child of the embedding process, older than the runtime: not the runtime's to stop.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     args = ["serve", "--async", "--queue-path", str(path), "--processor-entry", str(KINDS)]
     try:
         assert main([*args, "--processor-mainclass", "Statuses"]) == 2
+        assert bystander.poll() is None
     finally:
+        bystander.kill()
+        bystander.wait()
         asyncio.run(holder.close())
     assert "in use by another process" in caplog.text

@@ -23,8 +23,8 @@ def test_ratios_are_medians_of_per_round_pairs():
     table = medians(runs)["64"]
     assert table["ours"]["output_throughput"] == 120.0
     assert table["vllm"]["output_throughput"] == 100.0
-    assert table["ours_over_vllm"]["output_throughput"] == 1.2
-    assert table["ours_over_vllm"]["median_ttft_ms"] == 1.1
+    assert table["ours_over_other"]["output_throughput"] == 1.2
+    assert table["ours_over_other"]["median_ttft_ms"] == 1.1
     # offline ran in round 0 only: the served/offline ratio pairs with that round
     assert table["ours_over_offline"]["output_throughput"] == 0.6
 
@@ -37,3 +37,10 @@ def test_table_marks_goals_met_and_missed():
     runs = [run("ours", 1, 0, 110.0, 20.0), run("vllm", 1, 0, 100.0, 20.0)]
     table = markdown_table(medians(runs), [1])
     assert "| 1 | output tok/s | 110 | 100 | 1.10 | >= 1.00 met |" in table
+
+
+def test_a_baseline_checkout_takes_the_place_of_vllm():
+    runs = [run("ours", 16, 0, 90.0, 10.0), run("baseline", 16, 0, 100.0, 10.0)]
+    table = markdown_table(medians(runs, "baseline"), [16], "baseline (/work/base)")
+    assert "| c | metric | ours | baseline (/work/base) | ours/baseline | goal |" in table
+    assert "| 16 | output tok/s | 90.00 | 100 | 0.90 |  |" in table  # vLLM's goals: not here

@@ -192,6 +192,11 @@ def test_cli_flags_parse_into_settings():
         ({}, {"LLM_RUNTIME_ASYNC": "sometimes"}, "async (from environment)"),
         ({"stream_interval": "0"}, {}, "stream_interval must be auto or a positive integer"),
         ({"stream_interval": "fast"}, {}, "stream_interval must be auto or a positive integer"),
+        ({"root_path": "llm/"}, {}, "root_path must be empty or a path"),
+        ({"log_format": "xml"}, {}, "log_format must be one of text, json"),
+        ({"sse_keep_alive": "-1"}, {}, "sse_keep_alive must be 0 or more"),
+        ({"allowed_origins": '["http://a"'}, {}, "allowed_origins (from command line)"),
+        ({"port": "tcp://10.0.0.1:8000"}, {}, "port (from command line)"),
     ],
 )
 def test_bad_values_fail_with_the_setting_named(cli, env, needle):
@@ -246,3 +251,34 @@ def test_the_async_queue_from_every_source(tmp_path):
     assert (queue.enabled, queue.path, queue.result_ttl) == (True, "/q.db", 60.0)
     standard = {"metadata": {"type": "Standard"}}
     assert load_config({}, {}, write_json(tmp_path, standard)).queue.enabled is False
+
+
+# What Kubernetes sets in every pod of a namespace holding a Service named llm-runtime.
+SERVICE_LINK_ENV = {
+    "LLM_RUNTIME_SERVICE_HOST": "10.96.0.12",
+    "LLM_RUNTIME_SERVICE_PORT": "8000",
+    "LLM_RUNTIME_SERVICE_PORT_HTTP": "8000",
+    "LLM_RUNTIME_PORT": "tcp://10.96.0.12:8000",
+    "LLM_RUNTIME_PORT_8000_TCP": "tcp://10.96.0.12:8000",
+    "LLM_RUNTIME_PORT_8000_TCP_PROTO": "tcp",
+    "LLM_RUNTIME_PORT_8000_TCP_PORT": "8000",
+    "LLM_RUNTIME_PORT_8000_TCP_ADDR": "10.96.0.12",
+}
+
+
+def test_a_kubernetes_service_link_is_not_taken_for_the_port(caplog):
+    config = load_config({}, SERVICE_LINK_ENV)
+    assert config.server.port == 8000  # the default, not "not a valid int"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "LLM_RUNTIME_PORT=tcp://10.96.0.12:8000 is a Kubernetes service link" in warning
+    assert "Service named llm-runtime" in warning
+    assert "enableServiceLinks: false" in warning
+    # A port set explicitly still wins, and so does the service JSON under a link.
+    assert load_config({"port": "9000"}, SERVICE_LINK_ENV).server.port == 9000
+
+
+def test_service_link_variables_name_no_other_setting():
+    from runtime.config import env_values
+
+    assert set(env_values(SERVICE_LINK_ENV)) == set()
+    assert env_values({**SERVICE_LINK_ENV, "LLM_RUNTIME_PORT": "9000"}) == {"port": "9000"}

@@ -10,7 +10,7 @@ import pytest
 
 from runtime.errors import ApiError, ErrorKind
 from runtime.phase import Phase
-from tests.unit.conftest import make_client, post_then_leave, served_app
+from tests.unit.conftest import make_client, post_scope, post_then_leave, served_app
 from tests.unit.fake_processor import FakeProcessor
 
 
@@ -235,15 +235,7 @@ def test_a_client_that_leaves_while_sending_is_499_in_metrics_and_call_log(fake,
     async def send(message):
         pass
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/",
-        "headers": [(b"content-type", b"application/json")],
-        "query_string": b"",
-        "http_version": "1.1",
-        "client": ("10.1.2.3", 4567),
-    }
+    scope = post_scope("/")
     asyncio.run(app(scope, receive, send))
     served.parts.call_log.close()
     (record,) = [json.loads(line) for line in calls.read_text().splitlines()]
@@ -269,15 +261,7 @@ def test_a_body_that_stops_arriving_is_408(fake):
     async def send(message):
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/completions",
-        "headers": [(b"content-type", b"application/json")],
-        "query_string": b"",
-        "http_version": "1.1",
-        "client": ("10.1.2.3", 4567),
-    }
+    scope = post_scope("/v1/completions")
     asyncio.run(asyncio.wait_for(app(scope, receive, send), 5))
     start = next(m for m in sent if m.get("type") == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m.get("type") == "http.response.body")

@@ -56,6 +56,21 @@ FLAGS = [
     (["--webui"], lambda c: c.server.webui),
     (["--async"], lambda c: c.queue.enabled),
     (["--chatllm-stream-default"], lambda c: c.server.chatllm_stream_default),
+    (["--allowed-origins", '["http://a"]'], lambda c: c.http.allowed_origins == ("http://a",)),
+    (["--allowed-methods", '["GET"]'], lambda c: c.http.allowed_methods == ("GET",)),
+    (["--allowed-headers", '["x-a"]'], lambda c: c.http.allowed_headers == ("x-a",)),
+    (["--allow-credentials"], lambda c: c.http.allow_credentials),
+    (["--root-path", "/llm"], lambda c: c.http.root_path == "/llm"),
+    (["--disable-fastapi-docs"], lambda c: c.http.disable_fastapi_docs),
+    (["--sse-keep-alive", "5"], lambda c: c.http.sse_keep_alive == 5),
+    (["--log-format", "json"], lambda c: c.observability.log_format == "json"),
+    (["--access-log"], lambda c: c.observability.access_log),
+    (["--log-stats-interval", "0"], lambda c: c.observability.log_stats_interval == 0),
+    (
+        ["--otlp-traces-endpoint", "http://c:4317"],
+        lambda c: c.engine.traces_endpoint == "http://c:4317",
+    ),
+    (["--engine-request-stats"], lambda c: c.engine.engine_request_stats),
 ]
 
 # Every environment name (LLM_RUNTIME_<setting>) that existed, with a value.
@@ -103,6 +118,18 @@ ENVIRONMENT = {
     "ASYNC": "true",
     "QUEUE_PATH": "/q",
     "QUEUE_RESULT_TTL": "1",
+    "ALLOWED_ORIGINS": '["http://a"]',
+    "ALLOWED_METHODS": "GET POST",
+    "ALLOWED_HEADERS": "x-a",
+    "ALLOW_CREDENTIALS": "1",
+    "ROOT_PATH": "/llm",
+    "DISABLE_FASTAPI_DOCS": "1",
+    "SSE_KEEP_ALIVE": "5",
+    "LOG_FORMAT": "json",
+    "ACCESS_LOG": "1",
+    "LOG_STATS_INTERVAL": "0",
+    "OTLP_TRACES_ENDPOINT": "http://c:4317",
+    "ENGINE_REQUEST_STATS": "1",
 }
 
 # Every service-JSON key read before, as a document holding it; none may be reported ignored.
