@@ -1,7 +1,10 @@
 """Our C kernels against torch: the same results to float32 rounding, and the properties the
-engine relies on (a row's product does not depend on its batch; the cache write is exact)."""
+engine relies on (a row's product does not depend on its batch; the cache write is exact); where
+they cannot be built, None and one log line, so the engine keeps torch's kernels."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
@@ -71,3 +74,32 @@ def test_decode_attention_writes_the_cache_and_attends_over_each_length(kernels)
             enable_gqa=True,
         )
         assert torch.allclose(out[b], expected.flatten(), atol=1e-5)
+
+
+def kernel_log(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.endswith("cpu_kernels")]
+
+
+def test_without_a_compiler_the_kernels_are_none_with_one_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no cc, no gcc
+    with caplog.at_level(logging.INFO):
+        assert load_cpu_kernels() is None
+    (line,) = kernel_log(caplog)
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert "no C compiler" in line
+
+
+def test_a_compiler_that_fails_leaves_torch_s_kernels(monkeypatch, tmp_path, caplog):
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("no AVX2: the compiler is never asked")
+    failing = tmp_path / "cc"
+    failing.write_text("#!/bin/sh\necho 'cc: out of luck' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("CC", str(failing))
+    monkeypatch.setenv("LLM_RUNTIME_CACHE_DIR", str(tmp_path / "cache"))
+    with caplog.at_level(logging.INFO):
+        assert load_cpu_kernels() is None
+    (line,) = kernel_log(caplog)
+    assert "did not build" in line
+    assert "out of luck" in line  # the compiler's own words
