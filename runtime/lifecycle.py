@@ -155,7 +155,8 @@ class Lifecycle:
             except OSError as exc:
                 raise PrepareError(f"cannot open the call log: {exc}") from exc
         if self.parts.queue is not None:
-            self.parts.queue.attach(await asyncio.to_thread(open_queue, self.config))
+            self.parts.queue.attach(await open_queue(self.config, self._waiting_for_queue))
+            self.status.reason = None
         if prepare.python_requirements or prepare.python_requirements_path:
             self._enter(Phase.INSTALLING)
             await asyncio.to_thread(install_python_requirements, prepare)
@@ -186,6 +187,14 @@ class Lifecycle:
         service = await self.served.load()
         self.parts.admission.open(service, self.processor.info.max_concurrency)
         return service
+
+    def _waiting_for_queue(self, reason: str) -> None:
+        """The queue's store is not reachable yet: readiness says why, the log says it once."""
+        if self.status.reason != reason:
+            log.warning("start-up: %s; retrying", reason)
+        self.status.reason = reason
+        if self.status.phase is not Phase.OPENING_QUEUE:
+            self._enter(Phase.OPENING_QUEUE)
 
     def _enter(self, phase: Phase) -> None:
         self.status.phase = phase

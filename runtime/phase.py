@@ -10,6 +10,7 @@ import enum
 class Phase(enum.Enum):
     STARTING = "starting"
     INSTALLING = "installing requirements"
+    OPENING_QUEUE = "waiting for the queue"
     LOADING = "loading model"
     WARMING_UP = "warming up"
     READY = "ready"
@@ -32,6 +33,7 @@ class ServingStatus:
         self._phase = Phase.STARTING
         self._end_waiters: set[asyncio.Future] = set()
         self.host_facts: dict = {}  # what start-up measured: GPUs, shared memory
+        self.reason: str | None = None  # why the phase lasts, when something outside holds it
 
     @property
     def phase(self) -> Phase:

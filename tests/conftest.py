@@ -37,3 +37,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in gpu_items:
         item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """One Redis for the session (tests keep apart by service name); skipped, with the reason
+    shown, where no redis-server is installed."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say at the top of every run whether the Redis queue tests can run here."""
+    from tests.redis_server import MISSING, redis_binary
+
+    binary = redis_binary()
+    return f"redis for the queue tests: {binary}" if binary else MISSING

@@ -53,7 +53,10 @@ def health_router(
     async def ready() -> Response:
         if status.is_ready:
             return json_response({"status": "ready"})
-        return json_response({"status": "not ready", "phase": status.phase.value}, 503)
+        body = {"status": "not ready", "phase": status.phase.value}
+        if status.reason:
+            body["reason"] = status.reason
+        return json_response(body, 503)
 
     liveness, readiness = probe_paths(server)
     for path in liveness:

@@ -17,7 +17,7 @@ from runtime.api.lora import lora_router
 from runtime.api.openai_chat import answer_chat, openai_chat_router
 from runtime.api.openai_completions import answer_completion, completions_router
 from runtime.api.openai_schema import ChatCompletionRequest, CompletionRequest
-from runtime.api.queue import enqueue_router, sink_router
+from runtime.api.queue import enqueue_router, queue_router
 from runtime.api.tokenize import tokenize_router
 from runtime.api.webui import webui_router
 from runtime.app.common import ServingParts, build_app
@@ -57,8 +57,8 @@ class LlmApp:
             )
             gated.append(websocket)
         pages = webui_router() if server.webui else None
-        sink = [sink_router(server, parts.queue)] if parts.queue is not None else []
-        self.asgi: FastAPI = build_app(parts, processor, gated, pages, sink)
+        queue = [queue_router(config, parts.queue)] if parts.queue is not None else []
+        self.asgi: FastAPI = build_app(parts, processor, gated, pages, queue)
 
     async def check(self) -> str:
         """Check the model folder before loading (built or converted first, if it comes from a

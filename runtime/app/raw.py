@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from processors.base import RawProcessor
 from runtime.api.answers import Answer
-from runtime.api.queue import enqueue_router, sink_router
+from runtime.api.queue import enqueue_router, queue_router
 from runtime.api.raw import RawService, answer_raw, llm_routes_explained, raw_router
 from runtime.app.common import ServingParts, build_app
 from runtime.errors import ApiError
@@ -28,10 +28,10 @@ class RawApp:
             log.warning("--webui ignored: a custom processor serves raw bodies, not chat")
         if parts.queue is not None:
             gated = [enqueue_router(server, parts.queue)]
-            sink = [sink_router(server, parts.queue)]
+            queue = [queue_router(parts.config, parts.queue)]
         else:
-            gated, sink = [raw_router(server)], []
-        ungated = [*sink, llm_routes_explained(server)]
+            gated, queue = [raw_router(server)], []
+        ungated = [*queue, llm_routes_explained(server)]
         self.asgi: FastAPI = build_app(parts, processor, gated, None, ungated)
 
     async def check(self) -> str:

@@ -25,6 +25,7 @@ from processors.declaration import (
 from processors.registry import PROCESSOR_NAMES
 from processors.settings import CustomSettings, EngineSettings
 from runtime.config.frontend import HttpConfig, ObservabilityConfig
+from runtime.config.stores import CallLogConfig, QueueConfig, without_password
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 SHM_POLICIES = ("fallback", "fail")
@@ -301,61 +302,6 @@ class PrepareConfig:
     )
 
 
-@dataclass(frozen=True)
-class CallLogConfig:
-    # The platform's "save call records" is a console switch; here it is a file and its rotation.
-    path: str | None = declared(
-        None,
-        "file to append call records to, one JSON line per call",
-        name="call_log",
-        json=["metadata.call_log.path", "metadata.call_log"],
-    )
-    max_bytes: int = declared(
-        100 << 20,
-        "rotate the call log beyond this size (0: never)",
-        name="call_log_max_bytes",
-        json=["metadata.call_log.max_bytes"],
-        check=non_negative,
-    )
-    backups: int = declared(
-        5,
-        "rotated call logs kept (PATH.1, PATH.2, ...)",
-        name="call_log_backups",
-        json=["metadata.call_log.backups"],
-        check=at_least(1),
-    )
-
-
-@dataclass(frozen=True)
-class QueueConfig:
-    """The asynchronous API (PROTOCOLS §9)."""
-
-    enabled: bool = declared(
-        False,
-        "enqueue requests on the service routes; results come from /sink",
-        name="async",
-        json=[JsonKey("metadata.type", lambda kind: str(kind).lower() == "async", note="Async")],
-    )
-    path: str | None = declared(
-        None,
-        "SQLite file holding the asynchronous queue (default: one per service name in the "
-        "cache directory)",
-        name="queue_path",
-    )
-    max_pending: int | None = declared(
-        None,
-        "requests the asynchronous queue holds waiting (450 beyond; default: max_queue_size)",
-        name="queue_max_pending",
-        check=non_negative,
-    )
-    result_ttl: float = declared(
-        24 * 3600.0,
-        "seconds a finished result stays readable at /sink",
-        name="queue_result_ttl",
-        check=positive,
-    )
-
-
 def _processor_type(kind: Any) -> str:
     if str(kind).lower() != "python":
         raise ValueError(kind)
@@ -402,6 +348,9 @@ class RuntimeConfig:
     def redacted(self) -> dict[str, Any]:
         """The settings in effect, safe to log or show: the token never leaves."""
         values = asdict(self)
-        if values["server"]["token"]:
-            values["server"]["token"] = "<redacted>"
+        for section, name in (("server", "token"), ("queue", "password")):
+            if values[section][name]:
+                values[section][name] = "<redacted>"
+        if self.queue.url:
+            values["queue"]["url"] = without_password(self.queue.url)
         return values

@@ -51,6 +51,9 @@ FLAGS = [
     (["--call-log-backups", "2"], lambda c: c.call_log.backups == 2),
     (["--queue-path", "/q"], lambda c: c.queue.path == "/q"),
     (["--queue-result-ttl", "5"], lambda c: c.queue.result_ttl == 5),
+    (["--queue-url", "redis://h:1/0"], lambda c: c.queue.url == "redis://h:1/0"),
+    (["--queue-password", "pw"], lambda c: c.queue.password == "pw"),
+    (["--queue-visibility-timeout", "9"], lambda c: c.queue.visibility_timeout == 9),
     (["--engine-arg", "a=1"], lambda c: c.engine.extra_args == {"a": 1}),
     (["--auth-health"], lambda c: c.server.auth_health),
     (["--webui"], lambda c: c.server.webui),
@@ -130,6 +133,9 @@ ENVIRONMENT = {
     "LOG_STATS_INTERVAL": "0",
     "OTLP_TRACES_ENDPOINT": "http://c:4317",
     "ENGINE_REQUEST_STATS": "1",
+    "QUEUE_URL": "rediss://h:1/0",
+    "QUEUE_PASSWORD": "pw",
+    "QUEUE_VISIBILITY_TIMEOUT": "3",
 }
 
 # Every service-JSON key read before, as a document holding it; none may be reported ignored.
@@ -161,6 +167,7 @@ JSON_KEYS = [
     {"metadata": {"enable_webservice": True, "type": "Async"}},
     {"metadata": {"call_log": {"path": "/c", "max_bytes": 1, "backups": 1}}},
     {"metadata": {"call_log": "/c"}},
+    {"metadata": {"queue": {"url": "redis://h:1/0", "password": "p", "visibility_timeout": 5}}},
 ]
 
 

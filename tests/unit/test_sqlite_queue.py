@@ -1,16 +1,17 @@
-"""The embedded SQLite queue: order, claim and complete, the bound, expiry, and restarts."""
+"""What only the embedded SQLite queue does: restarts, one owner per file, bad files, and files
+written by an older runtime. The contract both stores keep is tested in test_queue_contract."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 
 import pytest
 
 from runtime.config import ConfigError
-from runtime.queue.base import ItemState, QueueCounts, QueueFullError
-from runtime.queue.sqlite import QueueOpenError, SqliteQueue
+from runtime.queue.base import ItemState, QueueOpenError, Stream
+from runtime.queue.sqlite import SqliteQueue
+from tests.queue_protos import claim_one
 
 
 def run(work):
@@ -19,112 +20,9 @@ def run(work):
 
 async def claim_all(queue: SqliteQueue) -> list[bytes]:
     bodies = []
-    while (item := await queue.claim()) is not None:
+    while (item := await claim_one(queue)) is not None:
         bodies.append(item.body)
     return bodies
-
-
-def test_items_come_out_in_order_with_priority_first(tmp_path):
-    async def scenario():
-        queue = SqliteQueue(tmp_path / "q.sqlite3")
-        first = await queue.enqueue(b"a")
-        second = await queue.enqueue(b"b")
-        await queue.enqueue(b"urgent", priority=1)
-        await queue.enqueue(b"c")
-        assert second.index > first.index
-        assert first.request_id != second.request_id
-        order = await claim_all(queue)
-        await queue.close()
-        return order
-
-    assert run(scenario()) == [b"urgent", b"a", b"b", b"c"]
-
-
-def test_claim_then_complete_makes_the_result_readable(tmp_path):
-    async def scenario():
-        queue = SqliteQueue(tmp_path / "q.sqlite3")
-        item = await queue.enqueue(b'{"prompt": "x"}', "application/json", {"user": "7"})
-        assert (await queue.result(item.request_id)).state is ItemState.PENDING
-        claimed = await queue.claim()
-        assert claimed == item  # body, content type and tags as accepted
-        assert await queue.claim() is None  # taken: no one else gets it
-        assert (await queue.result(item.request_id)).state is ItemState.RUNNING
-        await queue.complete(item.request_id, b"answer", 400)
-        done = await queue.result(item.request_id)
-        counts = await queue.counts()
-        assert await queue.result("no-such-id") is None
-        await queue.close()
-        return item, done, counts
-
-    item, done, counts = run(scenario())
-    assert (done.state, done.data, done.status) == (ItemState.DONE, b"answer", 400)
-    assert (done.index, done.tags) == (item.index, {"user": "7"})
-    assert counts == QueueCounts(pending=0, running=0)
-
-
-def test_a_released_item_is_claimed_again_before_later_ones(tmp_path):
-    async def scenario():
-        queue = SqliteQueue(tmp_path / "q.sqlite3")
-        first = await queue.enqueue(b"first")
-        await queue.enqueue(b"second")
-        await queue.claim()
-        await queue.release(first.request_id)
-        order = await claim_all(queue)
-        await queue.close()
-        return order
-
-    assert run(scenario()) == [b"first", b"second"]
-
-
-def test_a_full_queue_refuses_and_running_items_do_not_count(tmp_path):
-    async def scenario():
-        queue = SqliteQueue(tmp_path / "q.sqlite3")
-        await queue.enqueue(b"1", max_pending=2)
-        await queue.enqueue(b"2", max_pending=2)
-        with pytest.raises(QueueFullError, match="maximum of 2 waiting"):
-            await queue.enqueue(b"3", max_pending=2)
-        await queue.claim()
-        await queue.enqueue(b"3", max_pending=2)  # one left the waiting line
-        counts = await queue.counts()
-        await queue.close()
-        return counts
-
-    assert run(scenario()) == QueueCounts(pending=2, running=1)
-
-
-def test_expiry_deletes_only_results_finished_before_the_cutoff(tmp_path):
-    async def scenario():
-        queue = SqliteQueue(tmp_path / "q.sqlite3")
-        old, waiting = await queue.enqueue(b"old"), await queue.enqueue(b"waiting")
-        await queue.claim()
-        await queue.complete(old.request_id, b"r", 200)
-        assert await queue.expire(time.time() - 60) == 0  # finished just now: kept
-        assert await queue.expire(time.time() + 1) == 1
-        gone, kept = await queue.result(old.request_id), await queue.result(waiting.request_id)
-        await queue.close()
-        return gone, kept
-
-    gone, kept = run(scenario())
-    assert gone is None
-    assert kept.state is ItemState.PENDING
-
-
-def test_reading_with_delete_removes_a_done_result_only(tmp_path):
-    async def scenario():
-        queue = SqliteQueue(tmp_path / "q.sqlite3")
-        item = await queue.enqueue(b"x")
-        pending = await queue.result(item.request_id, delete=True)
-        await queue.claim()
-        await queue.complete(item.request_id, b"r", 200)
-        done = await queue.result(item.request_id, delete=True)
-        after = await queue.result(item.request_id)
-        await queue.close()
-        return pending, done, after
-
-    pending, done, after = run(scenario())
-    assert pending.state is ItemState.PENDING  # not done: nothing deleted
-    assert done.data == b"r"
-    assert after is None
 
 
 def test_a_reopened_queue_puts_running_items_back_and_keeps_everything_else(tmp_path):
@@ -133,26 +31,27 @@ def test_a_reopened_queue_puts_running_items_back_and_keeps_everything_else(tmp_
     async def before_the_crash():
         queue = SqliteQueue(path)
         items = [await queue.enqueue(f"{i}".encode()) for i in range(4)]
-        await queue.claim()  # 0 and 1 taken; 1 finishes, 0 is lost with the process
-        await queue.claim()
-        await queue.complete(items[1].request_id, b"one", 200)
+        await claim_one(queue)  # 0 and 1 taken; 1 finishes, 0 is lost with the process
+        await queue.complete(await claim_one(queue), b"one", 200)
         await queue.close()
         return items
 
     async def after_the_restart():
         queue = SqliteQueue(path)
         requeued = queue.num_requeued
-        order = await claim_all(queue)
-        finished = await queue.result(items[1].request_id)
+        first = await claim_one(queue)
+        order = [first.body, *await claim_all(queue)]
+        finished = await queue.find(Stream.SINK, items[1].request_id)
         later = await queue.enqueue(b"4")
         await queue.close()
-        return requeued, order, finished, later
+        return requeued, first, order, finished, later
 
     items = run(before_the_crash())
-    requeued, order, finished, later = run(after_the_restart())
+    requeued, first, order, finished, later = run(after_the_restart())
     assert requeued == 1
     assert order == [b"0", b"2", b"3"]
-    assert finished.data == b"one"
+    assert first.attempt == 2  # a re-run: its result will say so
+    assert [frame.data for frame in finished] == [b"one"]
     assert later.index > items[-1].index  # indexes are never reused
 
 
@@ -176,3 +75,52 @@ def test_a_file_that_is_not_a_queue_is_a_clear_error(tmp_path):
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(QueueOpenError, match="schema version 99"):
         SqliteQueue(newer)
+
+
+def test_a_file_of_the_first_version_keeps_its_work_and_results(tmp_path):
+    """A queue written by the runtime before the sink had indexes of its own (schema 1)."""
+    path = tmp_path / "q.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE items (
+                idx INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL UNIQUE,
+                state TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 0, body BLOB NOT NULL,
+                content_type TEXT NOT NULL, tags TEXT NOT NULL, enqueued_at REAL NOT NULL,
+                result BLOB, status INTEGER, finished_at REAL);
+            CREATE INDEX items_by_turn ON items (state, priority DESC, idx);
+            CREATE INDEX items_by_finish ON items (state, finished_at);
+            PRAGMA user_version = 1;
+            """
+        )
+        rows = [
+            ("done-id", "done", b"", '{"user": "a"}', b"the answer", 200, 1.0),
+            ("running-id", "running", b"ran", "{}", None, None, None),
+            ("pending-id", "pending", b"waits", "{}", None, None, None),
+        ]
+        db.executemany(
+            "INSERT INTO items (request_id, state, body, content_type, tags, enqueued_at, "
+            "result, status, finished_at) VALUES (?, ?, ?, '', ?, 0, ?, ?, ?)",
+            [
+                (rid, state, body, tags, result, status, at)
+                for rid, state, body, tags, result, status, at in rows
+            ],
+        )
+
+    async def scenario():
+        queue = SqliteQueue(path)
+        done = await queue.find(Stream.SINK, "done-id")
+        states = [await queue.state(rid) for rid in ("done-id", "running-id", "pending-id")]
+        order = await claim_all(queue)
+        await queue.close()
+        return queue.num_requeued, done, states, order
+
+    requeued, done, states, order = run(scenario())
+    assert requeued == 1
+    (frame,) = done
+    assert frame.data == b"the answer"
+    assert frame.tags == {"user": "a", "requestId": "done-id", "lastCode": "200"}
+    assert states == [ItemState.DONE, ItemState.PENDING, ItemState.PENDING]
+    assert order == [b"ran", b"waits"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
