@@ -27,7 +27,7 @@ from vllm.lora.request import LoRARequest
 if __name__ == "__main__":
     model, adapter, prompt = sys.argv[1:4]
     llm = LLM(model=model, enable_lora=True, max_lora_rank=8, max_num_seqs=4,
-              kv_cache_memory_bytes=1 << 28)
+              kv_cache_memory_bytes=1 << 28, enforce_eager=True)
     tokenizer = llm.get_tokenizer()
     params = SamplingParams(temperature=0, max_tokens=16)
     ids = tokenizer.encode(prompt)
@@ -62,6 +62,8 @@ def engine(demo_model_dir, adapter_dir):
         model_path=str(demo_model_dir),
         max_num_seqs=4,
         lora_modules=(f"demo-lora={adapter_dir}",),
+        # Both engines uncompiled: compiling adds minutes on a CPU and nothing to what is tested.
+        extra_args={"enforce_eager": True},
     )
     processor = VllmProcessor(settings)
     with asyncio.Runner() as runner:
