@@ -10,6 +10,12 @@ of the per-round ratios ours/vLLM, and output tok/s of each server over the offl
     python -m benchmarks.compare               # the demo model, 3 rounds, c = 1, 16, 64
     python -m benchmarks.compare --model builtin:smollm2   # the real default model
     python -m benchmarks.compare --rounds 1 --servers ours --offline-rounds 0   # a quick look
+    python -m benchmarks.compare --model builtin:smollm2 --ours-arg=--processor=transformers \
+        --generate-rounds 3 --offline-rounds 0   # our engine, vLLM's server and generate()
+
+`--generate-rounds` adds transformers' `generate()` serving the one-stream prompts one at a time
+(benchmarks/generate_baseline.py), the baseline of our own engine (`--processor transformers`),
+whose goals the table then shows.
 """
 
 from __future__ import annotations
@@ -72,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="a flag for the runtime alone, e.g. --ours-arg=--stream-interval=auto (repeatable)",
+    )
+    parser.add_argument(
+        "--generate-rounds",
+        type=int,
+        default=0,
+        help="run transformers' generate() on the one-stream prompts in this many rounds",
     )
     parser.add_argument(
         "--baseline",
@@ -178,11 +190,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  offline c={level}: {summary['output_throughput']:.0f} tok/s", flush=True)
                 entry = {"round": round_index, "server": "offline", "level": int(level)}
                 runs.append({**entry, "summary": summary})
+        if round_index < args.generate_rounds and 1 in jobs:
+            print(f"round {round_index + 1}/{args.rounds}: generate()", flush=True)
+            summary = _run_generate(settings, jobs[1], args.output_len, work, round_index)
+            print(f"  generate() c=1: {summary['output_throughput']:.1f} tok/s", flush=True)
+            runs.append(
+                {"round": round_index, "server": "generate", "level": 1, "summary": summary}
+            )
 
     other = "baseline" if "baseline" in args.servers else "vllm"
     table = medians(runs, other)
     label = f"baseline ({args.baseline})" if other == "baseline" else "vLLM server"
-    markdown = markdown_table(table, args.concurrency, label)
+    processor = _processor([*args.server_arg, *args.ours_arg])
+    markdown = markdown_table(table, args.concurrency, label, processor)
     result = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.compare", *sys.argv[1:]]),
@@ -190,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_facts(),
         "engine": {
             "model": model,
+            "processor": processor,
             "served_model_name": settings.served_model_name,
             "max_num_seqs": settings.max_num_seqs,
             "max_model_len": settings.max_model_len,
@@ -216,15 +237,51 @@ def main(argv: list[str] | None = None) -> int:
     heading = (
         f"{result['date']} on {result['machine']['host']} "
         f"({result['machine']['cpu_model']}, {result['machine']['cpu_cores']} cores, load "
-        f"{result['machine']['load_average_1m']}), {args.rounds} rounds, {args.backend}, "
-        f"{args.input_len} in / {args.output_len} out, max-num-seqs {args.max_num_seqs}, "
+        f"{result['machine']['load_average_1m']} at the end), model {model}, "
+        f"ours: the {processor} processor, {args.rounds} rounds, one server at a time, "
+        f"{args.backend}, {args.input_len} in / {args.output_len} out, dtype {args.dtype}, "
+        f"max-num-seqs {args.max_num_seqs}, max-model-len {args.max_model_len}, "
         + (f"both with {' '.join(args.server_arg)}, " if args.server_arg else "")
         + (f"ours with {' '.join(args.ours_arg)}, " if args.ours_arg else "")
+        + f"env {' '.join(f'{k}={v}' for k, v in env.items())}, "
         + f"wall {result['wall_s']:.0f} s"
     )
     (args.output_dir / f"{name}.md").write_text(f"{heading}\n\n{markdown}\n")
     print(f"\n{heading}\n\n{markdown}\nwrote {json_path} and {json_path.with_suffix('.md')}")
     return 0
+
+
+def _processor(flags: list[str]) -> str:
+    """Which processor the runtime serves with, from its flags (vllm unless told otherwise)."""
+    for i, flag in enumerate(flags):
+        if flag.startswith("--processor="):
+            return flag.split("=", 1)[1]
+        if flag == "--processor" and i + 1 < len(flags):
+            return flags[i + 1]
+    return "vllm"
+
+
+def _run_generate(
+    settings: EngineSettings, jobs: list, output_len: int, work: Path, round_index: int
+) -> dict[str, Any]:
+    prompts_path = work / "generate-prompts.json"
+    prompts_path.write_text(json.dumps([job.prompt for job in jobs]))
+    output = work / f"generate-round{round_index}.json"
+    command = [
+        *(sys.executable, "-m", "benchmarks.generate_baseline"),
+        *("--prompts", str(prompts_path), "--output", str(output)),
+        *("--model", settings.model, "--output-len", str(output_len)),
+        *("--dtype", str(settings.dtype)),
+    ]
+    with (work / f"generate-round{round_index}.log").open("w") as log:
+        subprocess.run(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+            check=True,
+        )
+    return json.loads(output.read_text())
 
 
 def _prepared_model(named: str) -> tuple[str, str]:

@@ -4,17 +4,20 @@ larger random Llama (8 layers, hidden 1024). `--hf-batching` also times transfor
 continuous-batching manager (`generate_batch`), the alternative to our own scheduler.
 
 `--decode-bandwidth` times batch-1 decode in the engine itself and prints the memory bandwidth
-it implies (weight bytes read per token x tokens/s), to hold against the device's peak: on a
-GPU, run it on `--models llama-1b` (about one billion parameters, float16).
+it implies (bytes read per token x tokens/s) beside the bandwidth benchmarks/memory_bandwidth.py
+measures on the same device: on the CPU on SmolLM2, on a GPU on `--models llama-1b` (about one
+billion parameters) in bfloat16.
 
     python -m benchmarks.transformers_engine [--models demo llama-8x1024] [--max-tokens 128]
-    python -m benchmarks.transformers_engine --models llama-1b --decode-bandwidth
+    python -m benchmarks.transformers_engine --models smollm2 --decode-bandwidth
+    python -m benchmarks.transformers_engine --models llama-1b --decode-bandwidth --dtype bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -22,11 +25,14 @@ from pathlib import Path
 from benchmarks.bench_serving import load_tokenizer, random_prompts, run, summarize
 from benchmarks.random_llama import ONE_BILLION, LlamaShape, write_random_llama
 from benchmarks.servers import EngineSettings, running_server
+from models.builtin import smollm2_gguf
 from models.cache import cache_dir
 from models.demo import ensure_demo_model
+from models.gguf import ensure_converted
 
 MODELS = {
     "demo": ensure_demo_model,
+    "smollm2": lambda: ensure_converted(smollm2_gguf()),
     "llama-8x1024": lambda: write_random_llama(cache_dir() / "random-llama-8x1024", LlamaShape()),
     "llama-1b": lambda: write_random_llama(
         cache_dir() / "random-llama-1b", ONE_BILLION, dtype="float16"
@@ -75,43 +81,62 @@ def time_hf_batching(path: Path, max_tokens: int, num_requests: int) -> float:
     return tokens / (time.perf_counter() - started)
 
 
-def time_batch1_decode(path: Path, max_tokens: int) -> None:
-    """Batch-1 decode in the engine (no HTTP), and the weight bandwidth it implies."""
+def time_batch1_decode(path: Path, max_tokens: int, dtype: str) -> None:
+    """Batch-1 decode in the engine (no HTTP): tok/s, the bytes each token reads (weights as
+    stored, and the keys and values attended over), and that rate against the bandwidth this
+    machine's memory (or the GPU's) measures with copies."""
     import threading
 
+    import torch
+
+    from benchmarks.memory_bandwidth import measure
     from models.tokenizer import load_tokenizer
     from processors.base import GenerationRequest, SamplingParams
     from processors.settings import EngineSettings
     from processors.transformers_engine.loader import load_engine
 
     tokenizer = load_tokenizer(path)
-    loaded = load_engine(EngineSettings(model_path=str(path), max_num_seqs=1), tokenizer)
+    settings = EngineSettings(model_path=str(path), max_num_seqs=1, max_model_len=2048, dtype=dtype)
+    loaded = load_engine(settings, tokenizer)
     engine = loaded.engine
-    weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
-    first_token_at: list[float] = []
+    weights = engine.runner.weights
+    cache = engine.cache
+    kv_bytes_per_position = 2 * len(cache.keys) * cache.keys[0][0, :, 0].nbytes
+    prompt = prompts(tokenizer, 1)[0]
+    stamps: list[float] = []
     done = threading.Event()
 
     def on_outputs(outputs: list) -> None:
-        for _, step in outputs:
-            if not first_token_at:
-                first_token_at.append(time.perf_counter())
-            if step.finish_reason is not None:
-                done.set()
+        stamps.append(time.perf_counter())
+        if any(step.finish_reason is not None for _, step in outputs):
+            done.set()
 
     engine.start(on_outputs)
     for attempt in ("warm-up", "timed"):
-        first_token_at.clear()
+        stamps.clear()
         done.clear()
         sampling = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
-        engine.submit(GenerationRequest(attempt, prompts(tokenizer, 1)[0], sampling))
+        engine.submit(GenerationRequest(attempt, prompt, sampling))
         done.wait()
-    tok_s = (max_tokens - 1) / (time.perf_counter() - first_token_at[0])
     engine.stop()
-    gigabytes = weight_bytes / 1e9
+    steps = sorted(b - a for a, b in itertools.pairwise(stamps))
+    step_s = steps[len(steps) // 2]  # the median decode step
+    mean_context = len(prompt) + max_tokens / 2
+    token_bytes = weights.nbytes + kv_bytes_per_position * mean_context
+    achieved = token_bytes / step_s / 1e9
+    device = "cpu" if loaded.device.type == "cpu" else "cuda"
+    bandwidth = measure(device=device)
+    peak = bandwidth["peak_gb_s"]
     print(
-        f"batch-1 decode on {loaded.device} ({loaded.dtype}): {tok_s:.0f} tok/s; "
-        f"{gigabytes:.2f} GB of weights per token -> {tok_s * gigabytes:.0f} GB/s "
-        "(compare with the device's memory bandwidth)"
+        f"memory bandwidth ({device}, copies): "
+        + ", ".join(f"{k} {v}" for k, v in bandwidth.items() if k.startswith(("copy", "read")))
+    )
+    print(
+        f"batch-1 decode on {loaded.device} ({loaded.dtype} arithmetic, weights "
+        f"{weights.storage}, {torch.get_num_threads()} threads): {1 / step_s:.1f} tok/s "
+        f"(median step {step_s * 1e3:.1f} ms); {token_bytes / 1e6:.0f} MB read per token "
+        f"({weights.nbytes / 1e6:.0f} MB weights + KV) -> {achieved:.1f} GB/s "
+        f"= {100 * achieved / peak:.0f}% of the measured {peak:.1f} GB/s"
     )
 
 
@@ -148,12 +173,13 @@ def main() -> None:
     parser.add_argument("--generate-requests", type=int, default=4)
     parser.add_argument("--hf-batching", action="store_true")
     parser.add_argument("--decode-bandwidth", action="store_true")
+    parser.add_argument("--dtype", default="auto", help="the engine's dtype (--decode-bandwidth)")
     args = parser.parse_args()
     for name in args.models:
         path = MODELS[name]()
         print(f"\n## {name} ({path})")
         if args.decode_bandwidth:
-            time_batch1_decode(path, args.max_tokens)
+            time_batch1_decode(path, args.max_tokens, args.dtype)
             continue
         generate = time_generate(path, args.max_tokens, args.generate_requests)
         print(f"generate(), one request at a time: {generate:8.0f} tok/s")

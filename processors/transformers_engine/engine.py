@@ -20,7 +20,7 @@ import torch
 from processors.base import GenerationRequest, ProcessorStats, Step, TokenLogprob
 from processors.transformers_engine.detokenizer import IncrementalDetokenizer
 from processors.transformers_engine.grammar import mask_logits
-from processors.transformers_engine.kv_cache import SlotKVCache
+from processors.transformers_engine.model_runner import ModelRunner, PromptChunk, build_step_inputs
 from processors.transformers_engine.sampler import SampledLogprobs, SamplingRow, sample
 from processors.transformers_engine.scheduler import Scheduler
 from processors.transformers_engine.scheduler import Sequence as Seq
@@ -41,17 +41,18 @@ Output = tuple[str, Step | Failure]  # (request id, what happened)
 class TransformersEngine:
     def __init__(
         self,
-        model: Any,
+        runner: ModelRunner,
         tokenizer: Any,
-        cache: SlotKVCache,
         eos_token_ids: frozenset[int],
         max_prefill_tokens: int,
+        num_threads: int = 0,
     ) -> None:
-        self.model = model
+        self.runner = runner
         self.tokenizer = tokenizer
-        self.cache = cache
-        self.device = cache.keys[0].device
+        self.cache = cache = runner.cache
+        self.device = cache.device
         self.eos_token_ids = eos_token_ids
+        self.num_threads = num_threads or torch.get_num_threads()
         self.scheduler = Scheduler(cache.num_slots, cache.max_len, max_prefill_tokens)
         self._inbox: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -105,6 +106,7 @@ class TransformersEngine:
     # -- the engine thread --
 
     def _run(self) -> None:
+        torch.set_num_threads(self.num_threads)
         try:
             with torch.inference_mode():
                 while True:
@@ -158,46 +160,31 @@ class TransformersEngine:
             return [(s.request_id, failure) for s in failed]
 
     def _step(self) -> list[Output]:
-        outputs: list[Output] = []
-        for sequence in self.scheduler.admit():
-            logits = self._prefill(sequence)
-            self._append_tokens([sequence], logits, outputs)
-        if self.scheduler.running:
-            running = list(self.scheduler.running)
-            self._append_tokens(running, self._decode(running), outputs)
-        return outputs
-
-    def _prefill(self, sequence: Seq) -> torch.Tensor:
-        length = len(sequence.prompt_token_ids)
-        input_ids = torch.tensor([sequence.prompt_token_ids], device=self.device)  # [1, T]
-        positions = torch.arange(length, device=self.device).unsqueeze(0)  # [1, T]
-        causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
-        self.cache.prepare_prefill(sequence.slot, length)
-        logits = self._forward(input_ids, positions, causal[None, None])  # mask [1, 1, T, T]
-        sequence.num_cached = length
-        return logits
-
-    def _decode(self, running: Sequence[Seq]) -> torch.Tensor:
-        input_ids = torch.tensor([[s.last_token] for s in running], device=self.device)  # [B, 1]
-        positions = torch.tensor([s.num_cached for s in running], device=self.device)  # [B]
-        view_len = max(s.num_cached for s in running) + 1
-        visible = torch.arange(view_len, device=self.device).unsqueeze(0) <= positions[:, None]
-        self.cache.prepare_decode(positions, view_len)
-        logits = self._forward(input_ids, positions[:, None], visible[:, None, None])  # [B,1,1,L]
-        for sequence in running:
-            sequence.num_cached += 1
-        return logits
-
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor):
-        output = self.model(
-            input_ids=input_ids,
-            position_ids=positions,
-            attention_mask=mask,
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
+        plan = self.scheduler.schedule()
+        chunks = [
+            (
+                PromptChunk(work.sequence.slot, work.start, work.length),
+                work.sequence.prompt_token_ids[work.start : work.start + work.length],
+                work.completes_prompt,
+            )
+            for work in plan.prefill
+        ]
+        inputs = build_step_inputs(
+            [s.last_token for s in plan.decode],
+            [s.num_cached for s in plan.decode],
+            chunks,
+            self.device,
         )
-        return output.logits[:, -1]  # [B, V]
+        logits = self.runner.forward(inputs)  # [R, V]: decode rows, then completed prompts
+        for sequence in plan.decode:
+            sequence.num_cached += 1
+        for work in plan.prefill:
+            work.sequence.num_cached = work.start + work.length
+        sampled = [*plan.decode, *(w.sequence for w in plan.prefill if w.completes_prompt)]
+        outputs: list[Output] = []
+        if sampled:
+            self._append_tokens(sampled, logits, outputs)
+        return outputs
 
     def _append_tokens(
         self, sequences: Sequence[Seq], logits: torch.Tensor, outputs: list[Output]
@@ -258,8 +245,7 @@ class TransformersEngine:
         return self._output(sequence, "", reason)
 
     def _release(self, sequence: Seq) -> None:
-        move = self.scheduler.remove(sequence)
-        if move is not None:
+        for move in self.scheduler.remove(sequence):
             self.cache.move(*move)
 
     def _token_text(self, token_id: int) -> str:

@@ -1,12 +1,9 @@
 """The KV cache: one preallocated row ("slot") per running sequence, kept compact.
 
-Running sequences always occupy slots 0..B-1, so a decode step attends over a plain view of the
-cache, `keys[:B, :, :length]`, with no gather. When a sequence leaves, the last one moves into
-its slot (one copy of that sequence's keys and values, once).
-
-The object is handed to a transformers model as `past_key_values`: modern decoder models call
-only `update(keys, values, layer_idx)`, after rotary embeddings are applied from the explicit
-`position_ids`, and the 4D attention mask we pass is used as given.
+Decoding sequences always occupy slots 0..B-1, so a decode step attends over a plain view of the
+cache, `keys[:B, :, :length]`, with no gather; a sequence still prefilling in chunks sits in slot
+B. When a sequence leaves, another moves into its slot (one copy of that sequence's keys and
+values, once), as the scheduler says.
 """
 
 from __future__ import annotations
@@ -25,14 +22,12 @@ class SlotKVCache:
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
-        shape = (num_slots, num_kv_heads, max_len, head_dim)  # [S, H, L, D]
+        shape = (num_slots, num_kv_heads, max_len, head_dim)  # [S, Hkv, L, D]
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.num_slots = num_slots
         self.max_len = max_len
-        self._rows: slice | torch.Tensor = slice(0, 0)
-        self._positions: torch.Tensor | None = None
-        self._view_len = 0
+        self.device = torch.device(device)
 
     @staticmethod
     def bytes_per_slot(
@@ -41,32 +36,25 @@ class SlotKVCache:
         element = torch.tensor([], dtype=dtype).element_size()
         return 2 * num_layers * num_kv_heads * max_len * head_dim * element
 
-    def prepare_prefill(self, slot: int, length: int) -> None:
-        """The next forward writes positions 0..length-1 of one slot and attends over them."""
-        self._rows = slice(slot, slot + 1)
-        self._positions = None
-        self._view_len = length
+    def write_decode(
+        self,
+        layer: int,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+    ) -> None:
+        """One token per slot: k, v [B, Hkv, D] at `positions` [B] of slots `rows` [B]."""
+        self.keys[layer][rows, :, positions] = k
+        self.values[layer][rows, :, positions] = v
 
-    def prepare_decode(self, positions: torch.Tensor, view_len: int) -> None:
-        """The next forward writes one token per slot 0..B-1 at `positions` [B]."""
-        self._rows = slice(0, positions.shape[0])
-        self._positions = positions
-        self._view_len = view_len
-
-    def update(
-        self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: object
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        k_cache, v_cache = self.keys[layer_idx], self.values[layer_idx]
-        if self._positions is None:  # prefill: keys [1, H, T, D]
-            length = keys.shape[2]
-            k_cache[self._rows, :, :length] = keys
-            v_cache[self._rows, :, :length] = values
-        else:  # decode: keys [B, H, 1, D], one position per row
-            rows = torch.arange(keys.shape[0], device=keys.device)
-            k_cache[rows, :, self._positions] = keys[:, :, 0]
-            v_cache[rows, :, self._positions] = values[:, :, 0]
-        view = (self._rows, slice(None), slice(0, self._view_len))
-        return k_cache[view], v_cache[view]
+    def write_chunk(
+        self, layer: int, slot: int, start: int, k: torch.Tensor, v: torch.Tensor
+    ) -> None:
+        """A prompt chunk: k, v [T, Hkv, D] at positions start..start+T-1 of one slot."""
+        end = start + k.shape[0]
+        self.keys[layer][slot, :, start:end] = k.transpose(0, 1)
+        self.values[layer][slot, :, start:end] = v.transpose(0, 1)
 
     def move(self, source: int, target: int, length: int) -> None:
         """Copy a sequence's first `length` positions from one slot to another."""

@@ -15,13 +15,16 @@ import psutil
 import torch
 
 from processors.settings import EngineSettings
+from processors.transformers_engine.cpu_kernels import load_cpu_kernels
 from processors.transformers_engine.engine import TransformersEngine
 from processors.transformers_engine.kv_cache import SlotKVCache
+from processors.transformers_engine.model_runner import ModelRunner
+from processors.transformers_engine.weights import extract_weights
 
 log = logging.getLogger(__name__)
 
-# Decoder families whose attention reads keys and values only through `Cache.update` with full
-# (not sliding-window) attention: the slot cache and our 4D masks are exact for them.
+# Decoder families our forward (model_runner.py) computes as transformers does: pre-norm
+# decoder layers, rotary attention over all earlier positions (no sliding window), gated MLP.
 SUPPORTED_ARCHITECTURES = frozenset(
     {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
 )
@@ -37,7 +40,11 @@ DTYPES = {
 }
 DEFAULT_MAX_NUM_SEQS = 32
 CPU_KV_SHARE = 0.25  # of the memory available at start, at most, on the CPU
-ENGINE_ARGS = {"max_prefill_tokens": int, "attn_implementation": str}
+DEFAULT_MAX_PREFILL_TOKENS = 512
+# cpu_kernels: "on" runs our C kernels on the CPU in float32 (cpu_kernels.py: bfloat16-exact
+# weights kept in bfloat16, RMSNorm, decode attention); "off" runs torch's alone (to compare).
+# num_threads: torch's threads for the engine (0: torch's default, one per core).
+ENGINE_ARGS = {"max_prefill_tokens": int, "cpu_kernels": str, "num_threads": int}
 
 
 class EngineConfigError(ValueError):
@@ -63,12 +70,12 @@ def load_engine(settings: EngineSettings, tokenizer: Any) -> LoadedEngine:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = AutoConfig.from_pretrained(settings.model_path)
     dtype = choose_dtype(settings.dtype, device, getattr(config, "dtype", None))
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        settings.model_path,
-        dtype=dtype,
-        attn_implementation=extra.get("attn_implementation", "sdpa"),
-    )
+    model: Any = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=dtype)
     model = model.to(device).eval()
+    kernels = None
+    if device.type == "cpu" and dtype == torch.float32 and extra.get("cpu_kernels", "on") == "on":
+        kernels = load_cpu_kernels()
+    weights = extract_weights(model, kernels)
     max_len = _max_len(settings.max_model_len, config)
     text = config.get_text_config()
     num_kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
@@ -83,11 +90,22 @@ def load_engine(settings: EngineSettings, tokenizer: Any) -> LoadedEngine:
     except OSError:  # no generation_config.json
         generation = None
     eos = _eos_token_ids(generation, config, tokenizer)
-    engine = TransformersEngine(model, tokenizer, cache, eos, extra.get("max_prefill_tokens", 4096))
-    log.info(
-        "transformers engine: %s on %s, %d slots of %d tokens", dtype, device, num_slots, max_len
+    runner = ModelRunner(weights, cache, kernels)
+    max_prefill_tokens = extra.get("max_prefill_tokens", DEFAULT_MAX_PREFILL_TOKENS)
+    engine = TransformersEngine(
+        runner, tokenizer, eos, max_prefill_tokens, extra.get("num_threads", 0)
     )
-    vocab_size = int(model.get_output_embeddings().weight.shape[0])
+    log.info(
+        "transformers engine: %s on %s (weights %s), %d slots of %d tokens, "
+        "%d prompt tokens per step",
+        dtype,
+        device,
+        weights.storage,
+        num_slots,
+        max_len,
+        max_prefill_tokens,
+    )
+    vocab_size = int(weights.lm_head.weight.shape[0])
     return LoadedEngine(engine, device, dtype, max_len, num_slots, vocab_size)
 
 
@@ -113,7 +131,12 @@ def _engine_args(extra: Mapping[str, Any]) -> dict[str, Any]:
             f"unknown transformers engine argument(s): {', '.join(unknown)} "
             f"(--engine-arg takes {', '.join(sorted(ENGINE_ARGS))})"
         )
-    return {key: ENGINE_ARGS[key](value) for key, value in extra.items()}
+    args = {key: ENGINE_ARGS[key](value) for key, value in extra.items()}
+    if args.get("cpu_kernels", "on") not in ("on", "off"):
+        raise EngineConfigError(f"cpu_kernels is on or off, got {args['cpu_kernels']!r}")
+    if args.get("max_prefill_tokens", 1) < 1:
+        raise EngineConfigError("max_prefill_tokens must be at least 1")
+    return args
 
 
 def _max_len(asked: int | None, config: Any) -> int:

@@ -39,12 +39,14 @@ def sample(
     logits = logits.float()
     raw = logits
     logits = _apply_penalties(logits, rows)
-    tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
     greedy = [i for i, row in enumerate(rows) if row.sampling.temperature == 0]
     sampled = [i for i, row in enumerate(rows) if row.sampling.temperature != 0]
-    if greedy:
-        tokens[greedy] = logits[greedy].argmax(dim=-1)
-    if sampled:
+    if not sampled:  # all greedy: no copy of the rows
+        tokens = logits.argmax(dim=-1)
+    else:
+        tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        if greedy:
+            tokens[greedy] = logits[greedy].argmax(dim=-1)
         tokens[sampled] = _draw(logits[sampled], [rows[i] for i in sampled])
     token_list = tokens.tolist()
     return token_list, _logprobs(raw, rows, token_list)

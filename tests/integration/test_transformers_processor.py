@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 import torch
@@ -118,6 +119,61 @@ def test_a_request_joins_a_batch_that_is_decoding(engine, reference_model):
     assert early_still_running  # the late request finished inside the early one's run
     assert tokens_of(late) == reference_tokens(reference_model, late_ids, 20)
     assert tokens_of(early) == reference_tokens(reference_model, long_ids, 300)
+
+
+@pytest.mark.parametrize("cpu_kernels", ["on", "off"])
+def test_prompts_prefilled_in_chunks_beside_decoding_ones_are_generate(
+    demo_model_dir, reference_model, cpu_kernels
+):
+    """A 7-token prompt budget per step: long prompts are prefilled over several steps while
+    others decode, and several short ones share a step; with our CPU kernels and with torch's."""
+    processor = TransformersProcessor(
+        EngineSettings(
+            model_path=str(demo_model_dir),
+            max_num_seqs=3,
+            extra_args={"max_prefill_tokens": 7, "cpu_kernels": cpu_kernels},
+        )
+    )
+    prompts = [PROMPTS[3], PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[3]]
+    with asyncio.Runner() as runner:
+        runner.run(processor.start())
+        try:
+            ids = [processor.info.tokenizer.encode(p) for p in prompts]
+
+            async def all_at_once():
+                runs = [
+                    collect(processor, f"chunked-{n}", prompt, max_tokens=12, temperature=0)
+                    for n, prompt in enumerate(ids)
+                ]
+                return await asyncio.gather(*runs)
+
+            results = runner.run(all_at_once())
+        finally:
+            runner.run(processor.shutdown())
+    for prompt, steps in zip(ids, results, strict=True):
+        assert tokens_of(steps) == reference_tokens(reference_model, prompt, 12)
+
+
+def test_without_a_c_compiler_it_falls_back_to_torch_and_answers(
+    demo_model_dir, reference_model, monkeypatch, tmp_path, caplog
+):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no cc, no gcc
+    processor = TransformersProcessor(
+        EngineSettings(model_path=str(demo_model_dir), max_num_seqs=2)
+    )
+    with asyncio.Runner() as runner, caplog.at_level(logging.INFO):
+        runner.run(processor.start())
+        try:
+            ids = processor.info.tokenizer.encode(PROMPTS[1])
+            steps = runner.run(collect(processor, "no-cc", ids, max_tokens=12, temperature=0))
+        finally:
+            runner.run(processor.shutdown())
+    assert tokens_of(steps) == reference_tokens(reference_model, ids, 12)
+    fallback = [r for r in caplog.records if r.name.endswith("cpu_kernels")]
+    assert len(fallback) == 1  # one line says why, at start
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert "no C compiler" in fallback[0].getMessage()
 
 
 def test_closing_the_stream_frees_the_slot_at_the_next_step(engine):

@@ -44,3 +44,18 @@ def test_a_baseline_checkout_takes_the_place_of_vllm():
     table = markdown_table(medians(runs, "baseline"), [16], "baseline (/work/base)")
     assert "| c | metric | ours | baseline (/work/base) | ours/baseline | goal |" in table
     assert "| 16 | output tok/s | 90.00 | 100 | 0.90 |  |" in table  # vLLM's goals: not here
+
+
+def test_our_engine_has_its_own_goals_and_generate_s_table():
+    runs = [
+        run("ours", 1, 0, 30.0, 100.0),
+        run("vllm", 1, 0, 25.0, 50.0),
+        run("generate", 1, 0, 20.0, 60.0),
+        run("ours", 64, 0, 150.0, 900.0),
+        run("vllm", 64, 0, 180.0, 1000.0),
+    ]
+    table = markdown_table(medians(runs), [1, 64], processor="transformers")
+    assert "| 1 | output tok/s | 30.00 | 25.00 | 1.20 | >= 1.00 met |" in table
+    assert "| 1 | TTFT p50 ms | 100 | 50.00 | 2.00 |  |" in table  # a TTFT goal at 64 only
+    assert "| 64 | TTFT p50 ms | 900 | 1000 | 0.90 | <= 1.00 met |" in table
+    assert "| 1 | 20.00 | 1.50 | >= 2.00 NOT met |" in table  # ours over generate()

@@ -119,24 +119,53 @@ def sequence(name: str, prompt_len: int) -> Sequence:
     return Sequence(name, [1] * prompt_len, SamplingParams(max_tokens=4), detokenizer=None)
 
 
-def test_admission_fills_free_slots_within_the_prefill_budget():
+def prefilled(plan) -> list[tuple[str, int, int]]:
+    return [(w.sequence.request_id, w.start, w.length) for w in plan.prefill]
+
+
+def run_step(scheduler: Scheduler, plan) -> None:
+    """What the engine does after a forward pass: the cache now holds these tokens."""
+    for sequence in plan.decode:
+        sequence.num_cached += 1
+    for work in plan.prefill:
+        work.sequence.num_cached = work.start + work.length
+        if work.completes_prompt:
+            work.sequence.output_token_ids.append(0)
+
+
+def test_prompts_share_a_step_within_the_budget_and_a_long_one_is_chunked():
     scheduler = Scheduler(num_slots=3, max_len=100, max_prefill_tokens=10)
-    for name, length in (("a", 60), ("b", 4), ("c", 4), ("d", 4)):
+    for name, length in (("a", 4), ("b", 24), ("c", 4), ("d", 4)):
         scheduler.add(sequence(name, length))
-    assert [s.request_id for s in scheduler.admit()] == ["a"]  # over budget, yet alone: it runs
-    assert [s.request_id for s in scheduler.admit()] == ["b", "c"]  # slots full after c
+    plan = scheduler.schedule()
+    assert prefilled(plan) == [("a", 0, 4), ("b", 0, 6)]  # b is cut to what the budget leaves
+    run_step(scheduler, plan)
+    plan = scheduler.schedule()
+    assert [s.request_id for s in plan.decode] == ["a"]
+    assert prefilled(plan) == [("b", 6, 10)]  # the half-done prompt first, nothing new beside it
+    run_step(scheduler, plan)
+    plan = scheduler.schedule()
+    assert prefilled(plan) == [("b", 16, 8), ("c", 0, 2)]
+    run_step(scheduler, plan)
     assert [s.slot for s in scheduler.running] == [0, 1, 2]
-    assert scheduler.admit() == []
+    plan = scheduler.schedule()
+    assert [s.request_id for s in plan.decode] == ["a", "b"]
+    assert prefilled(plan) == [("c", 2, 2)]  # d waits: every slot is taken
 
 
-def test_leaving_keeps_running_sequences_compact():
-    scheduler = Scheduler(num_slots=3, max_len=100, max_prefill_tokens=100)
-    for name in "abc":
-        scheduler.add(sequence(name, 2))
-    a, b, c = scheduler.admit()
-    c.num_cached = 7
-    assert scheduler.remove(a) == SlotMove(source=2, target=0, length=7)
-    assert [s.request_id for s in scheduler.running] == ["c", "b"]
-    assert c.slot == 0
-    assert scheduler.remove(b) is None  # the last one leaves: nothing moves
-    assert scheduler.kv_cache_usage() == pytest.approx(7 / 300)
+def test_leaving_keeps_decoding_sequences_first_and_compact():
+    scheduler = Scheduler(num_slots=4, max_len=100, max_prefill_tokens=9)
+    for name, length in (("a", 2), ("b", 2), ("c", 2), ("d", 20)):
+        scheduler.add(sequence(name, length))
+    run_step(scheduler, scheduler.schedule())  # a, b, c prefilled; d half-done in slot 3
+    a, _, c, d = scheduler.running
+    assert (d.is_prefilling, d.num_cached) == (True, 3)
+    # a leaves: c (the last decoding one) takes slot 0, then d moves down into slot 2
+    assert scheduler.remove(a) == [
+        SlotMove(source=2, target=0, length=2),
+        SlotMove(source=3, target=2, length=3),
+    ]
+    assert [(s.request_id, s.slot) for s in scheduler.running] == [("c", 0), ("b", 1), ("d", 2)]
+    assert scheduler.remove(d) == []  # the last one leaves: nothing moves
+    assert scheduler.remove(c) == [SlotMove(source=1, target=0, length=2)]
+    assert scheduler.kv_cache_usage() == pytest.approx(2 / 400)
