@@ -40,6 +40,15 @@ _SIGNATURES = {
 }
 
 
+# These allocate scratch memory and return 0, or -1 when they could not (nothing computed).
+_WITH_SCRATCH = ("linear_bf16", "decode_attention")
+
+
+def _checked(status: int, kernel: str) -> None:
+    if status != 0:
+        raise MemoryError(f"the CPU kernel {kernel} could not allocate its scratch memory")
+
+
 def _pointer(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
@@ -48,7 +57,7 @@ class CpuKernels:
     def __init__(self, library: ctypes.CDLL) -> None:
         for name, argtypes in _SIGNATURES.items():
             getattr(library, name).argtypes = argtypes
-            getattr(library, name).restype = None
+            getattr(library, name).restype = ctypes.c_int if name in _WITH_SCRATCH else None
         self._library = library
 
     @staticmethod
@@ -75,7 +84,7 @@ class CpuKernels:
         """F.linear(x, W, bias) for float32 x [..., K] and W packed by `pack_bf16`."""
         rows = _rows(x)
         out = torch.empty((rows.shape[0], num_out), dtype=torch.float32)
-        self._library.linear_bf16(
+        status = self._library.linear_bf16(
             rows.data_ptr(),
             rows.shape[0],
             rows.shape[1],
@@ -85,6 +94,7 @@ class CpuKernels:
             out.data_ptr(),
             torch.get_num_threads(),
         )
+        _checked(status, "linear_bf16")
         return out.view(*x.shape[:-1], num_out)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -116,7 +126,7 @@ class CpuKernels:
         """[B, H D]: one new token per slot 0..B-1 attends over its slot's positions."""
         batch, head_dim = qkv.shape[0], keys.shape[-1]
         out = torch.empty((batch, num_heads * head_dim), dtype=torch.float32)
-        self._library.decode_attention(
+        status = self._library.decode_attention(
             _rows(qkv).data_ptr(),
             batch,
             num_heads,
@@ -132,6 +142,7 @@ class CpuKernels:
             out.data_ptr(),
             torch.get_num_threads(),
         )
+        _checked(status, "decode_attention")
         return out
 
 
@@ -182,4 +193,9 @@ def _built(compiler: str) -> Path:
             subprocess.run(command, capture_output=True, text=True, check=True)
             os.replace(built, target)
         log.info("built our CPU kernels: %s", target)
+        # Builds of earlier sources or compilers are not loaded again; one still loaded by a
+        # running process stays mapped in it after the unlink.
+        for stale in target.parent.glob("cpu_kernels-*.so"):
+            if stale != target:
+                stale.unlink(missing_ok=True)
     return target

@@ -103,3 +103,17 @@ def test_a_compiler_that_fails_leaves_torch_s_kernels(monkeypatch, tmp_path, cap
     (line,) = kernel_log(caplog)
     assert "did not build" in line
     assert "out of luck" in line  # the compiler's own words
+
+
+def test_a_new_build_replaces_the_stale_ones_in_the_cache(monkeypatch, tmp_path):
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("no AVX2: nothing is built")
+    monkeypatch.setenv("LLM_RUNTIME_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / "kernels"
+    folder.mkdir()
+    stale = folder / "cpu_kernels-0123456789abcdef.so"  # an earlier source's build
+    stale.write_bytes(b"old")
+    if load_cpu_kernels() is None:
+        pytest.skip("no C compiler here")
+    (built,) = folder.glob("cpu_kernels-*.so")
+    assert built != stale

@@ -17,6 +17,7 @@
  * rotary embedding is bit for bit transformers' own.
  */
 #include <immintrin.h>
+#include <omp.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -109,9 +110,10 @@ static void panel_rows(const float *x, int64_t M, int64_t K, const uint16_t *wb,
     }
 }
 
-/* bias padded to a whole number of panels (or NULL); out [M, N]. */
-void linear_bf16(const float *x, int64_t M, int64_t K, const uint16_t *packed, int64_t N,
-                 const float *bias, float *out, int num_threads) {
+/* bias padded to a whole number of panels (or NULL); out [M, N]. Returns 0, or -1 when the
+ * scratch memory cannot be allocated (nothing computed). */
+int linear_bf16(const float *x, int64_t M, int64_t K, const uint16_t *packed, int64_t N,
+                const float *bias, float *out, int num_threads) {
     const int64_t panels = (N + PANEL - 1) / PANEL;
     if (M <= TILE_ROWS) { /* the weights stream once, straight from memory */
 #pragma omp parallel for schedule(static) num_threads(num_threads)
@@ -120,14 +122,19 @@ void linear_bf16(const float *x, int64_t M, int64_t K, const uint16_t *packed, i
             panel_rows(x, M, K, packed + p * PANEL * K, NULL, bias ? bias + p * PANEL : NULL,
                        out + p * PANEL, N, valid);
         }
-        return;
+        return 0;
     }
     /* Rows in blocks whose x stays in L2 while every panel passes over it. */
     int64_t block = (262144 / (K * (int64_t)sizeof(float))) / TILE_ROWS * TILE_ROWS;
     if (block < TILE_ROWS) block = TILE_ROWS;
+    /* Each thread's widened panel, allocated before the parallel region so that a failure
+     * can be returned. K * PANEL floats are a multiple of 64 bytes: every slice stays aligned. */
+    const size_t wide_floats = (size_t)K * PANEL;
+    float *wide_all = aligned_alloc(64, wide_floats * sizeof(float) * (size_t)num_threads);
+    if (wide_all == NULL) return -1;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *wide = aligned_alloc(64, ((size_t)K * PANEL * sizeof(float) + 63) & ~(size_t)63);
+        float *wide = wide_all + (size_t)omp_get_thread_num() * wide_floats;
         for (int64_t m0 = 0; m0 < M; m0 += block) {
             int64_t rows = M - m0 < block ? M - m0 : block;
 #pragma omp for schedule(static)
@@ -144,8 +151,9 @@ void linear_bf16(const float *x, int64_t M, int64_t K, const uint16_t *packed, i
                            out + m0 * N + p * PANEL, N, valid);
             }
         }
-        free(wide);
     }
+    free(wide_all);
+    return 0;
 }
 
 /* ---- rms_norm ---- */
@@ -204,19 +212,24 @@ static void rotate(const float *x, const float *cos, const float *sin, int64_t D
 /* qkv [B, (H + 2 Hkv) D] rows of the new tokens (before rotary); cos, sin [B, D];
  * caches [S, Hkv, L, D]; positions [B] (row b writes position positions[b] of slot b and
  * attends over 0..positions[b]); out [B, H D]. scratch: per thread (H / Hkv) * (L + D) floats. */
-void decode_attention(const float *qkv, int64_t B, int64_t H, int64_t Hkv, int64_t D,
-                      const float *cos, const float *sin, float *k_cache, float *v_cache,
-                      int64_t L, const int64_t *positions, float scale, float *out,
-                      int num_threads) {
+int decode_attention(const float *qkv, int64_t B, int64_t H, int64_t Hkv, int64_t D,
+                     const float *cos, const float *sin, float *k_cache, float *v_cache,
+                     int64_t L, const int64_t *positions, float scale, float *out,
+                     int num_threads) {
     const int64_t G = H / Hkv, row = (H + 2 * Hkv) * D;
     int64_t items = B * Hkv;
     if (num_threads > items) num_threads = (int)items;
+    int64_t length_max = 0;
+    for (int64_t b = 0; b < B; ++b)
+        if (positions[b] + 1 > length_max) length_max = positions[b] + 1;
+    /* Each thread's scores and rotated queries, allocated before the parallel region so that a
+     * failure can be returned (-1, nothing written). */
+    const size_t scratch_floats = (size_t)(G * (length_max + 8) + G * D);
+    float *scratch_all = malloc(sizeof(float) * scratch_floats * (size_t)num_threads);
+    if (scratch_all == NULL) return -1;
 #pragma omp parallel num_threads(num_threads)
     {
-        int64_t length_max = 0;
-        for (int64_t b = 0; b < B; ++b)
-            if (positions[b] + 1 > length_max) length_max = positions[b] + 1;
-        float *scores = malloc(sizeof(float) * (size_t)(G * (length_max + 8) + G * D));
+        float *scores = scratch_all + (size_t)omp_get_thread_num() * scratch_floats;
         float *query = scores + G * (length_max + 8);
 #pragma omp for schedule(static)
         for (int64_t item = 0; item < items; ++item) {
@@ -292,6 +305,7 @@ void decode_attention(const float *qkv, int64_t B, int64_t H, int64_t Hkv, int64
                 }
             }
         }
-        free(scores);
     }
+    free(scratch_all);
+    return 0;
 }
