@@ -71,8 +71,17 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The workloads of benchmarks/compare.py (README, Benchmarks): demo (the front end's cost, on
+# the demo model), smollm2 (the vllm processor on the real model against vLLM's server and
+# offline engine), engine (our own engine on the real model against vLLM's server and generate()).
+WORKLOAD ?= demo
+BENCH_demo :=
+BENCH_smollm2 := --model builtin:smollm2 --output-len 64
+BENCH_engine := --model builtin:smollm2 --output-len 64 --ours-arg=--processor=transformers \
+	--generate-rounds 3 --offline-rounds 0
+
 bench: install
-	$(PY) -m benchmarks.compare $(ARGS)
+	$(PY) -m benchmarks.compare $(BENCH_$(WORKLOAD)) $(ARGS)
 
 # The locks: requirements/ci.txt (this machine's kind: Python 3.11, the cpu extra, make install),
 # requirements/gpu.txt (Dockerfile.gpu: Python 3.12, official vLLM with CUDA) and
