@@ -40,7 +40,7 @@ from runtime.queue.base import (
     StreamFacts,
     result_tags,
 )
-from runtime.queue.sqlite_schema import prepare
+from runtime.queue.sqlite_schema import prepare, transaction, unsynced
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class SqliteQueue:
         max_pending: int | None,
     ) -> int:
         db = self._db
-        with _transaction(db):
+        with transaction(db):
             if max_pending is not None:
                 (num_pending,) = db.execute(
                     "SELECT COUNT(*) FROM items WHERE state = 'pending'"
@@ -242,7 +242,7 @@ class SqliteQueue:
     def _claim(self, limit: int) -> list[QueueItem]:
         now, db = time.time(), self._db
         items = []
-        with _unsynced(db), _transaction(db):  # one commit for the lot
+        with unsynced(db), transaction(db):  # one commit for the lot
             for _ in range(limit):
                 # An item whose lease lapsed first (it is older work), then the oldest of the
                 # highest priority.
@@ -268,7 +268,7 @@ class SqliteQueue:
 
     def _renew(self, request_ids: list[str]) -> None:
         marks = ",".join("?" * len(request_ids))
-        with _unsynced(self._db):
+        with unsynced(self._db):
             self._db.execute(
                 f"UPDATE items SET lease_until = ? WHERE state = 'running' AND consumer = ? "
                 f"AND request_id IN ({marks})",
@@ -277,7 +277,7 @@ class SqliteQueue:
 
     def _release(self, request_id: str) -> None:
         # Not counted as an attempt: the run was cut short, not lost with its runtime.
-        with _unsynced(self._db):
+        with unsynced(self._db):
             self._db.execute(
                 "UPDATE items SET state = 'pending', attempts = MAX(attempts - 1, 0), "
                 "consumer = NULL, lease_until = NULL WHERE request_id = ? AND state = 'running'",
@@ -288,7 +288,7 @@ class SqliteQueue:
         db = self._db
         now = time.time()
         tags = result_tags(item, status)
-        with _transaction(db):
+        with transaction(db):
             in_queue = db.execute(
                 "DELETE FROM items WHERE request_id = ?", (item.request_id,)
             ).rowcount
@@ -343,7 +343,7 @@ class SqliteQueue:
 
     def _expire(self, finished_before: float) -> int:
         db = self._db
-        with _transaction(db):
+        with transaction(db):
             expired = db.execute(
                 "DELETE FROM results WHERE finished_at < ?", (finished_before,)
             ).rowcount
@@ -391,27 +391,3 @@ class SqliteQueue:
             f"SELECT COUNT(*), MIN(idx), MAX(idx) FROM {TABLES[stream]}"
         ).fetchone()
         return StreamFacts(length, first, last, 1 if stream is Stream.INPUT else 0)
-
-
-@contextlib.contextmanager
-def _unsynced(db: sqlite3.Connection):
-    """Commits not fsynced, for who holds an item (claims, leases, hand-backs): a power cut may
-    undo them, and then the item runs again, as it would anyway (running items go back to
-    pending at open). The next fsynced commit makes them durable too (WAL)."""
-    db.execute("PRAGMA synchronous = NORMAL")
-    try:
-        yield
-    finally:
-        db.execute("PRAGMA synchronous = FULL")
-
-
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection):
-    # IMMEDIATE takes the write lock at once, so what is read and written is one queue state.
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")

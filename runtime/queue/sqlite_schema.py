@@ -1,4 +1,5 @@
-"""The SQLite queue's tables, and the upgrade of a file written by an older runtime.
+"""The SQLite queue's tables, the upgrade of a file written by an older runtime, and the two
+kinds of transaction the queue commits.
 
 Version 1 kept one table whose finished rows held their result. Version 2 has the two queues
 the platform has: `items` (the input queue: pending and running requests) and `results` (the
@@ -8,6 +9,7 @@ have had a result, which tells a re-run's duplicate result from a first one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -56,18 +58,13 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
             f"{SCHEMA_VERSION}"
         )
     # One transaction (executescript would commit on its own): an upgrade happens whole or not.
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(db):
         if version == 1:
             _upgrade_from_1(db)
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _upgrade_from_1(db: sqlite3.Connection) -> None:
@@ -94,3 +91,27 @@ def _upgrade_from_1(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE items ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE items ADD COLUMN consumer TEXT")
     db.execute("ALTER TABLE items ADD COLUMN lease_until REAL")
+
+
+@contextlib.contextmanager
+def unsynced(db: sqlite3.Connection):
+    """Commits not fsynced, for who holds an item (claims, leases, hand-backs): a power cut may
+    undo them, and then the item runs again, as it would anyway (running items go back to
+    pending at open). The next fsynced commit makes them durable too (WAL)."""
+    db.execute("PRAGMA synchronous = NORMAL")
+    try:
+        yield
+    finally:
+        db.execute("PRAGMA synchronous = FULL")
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection):
+    # IMMEDIATE takes the write lock at once, so what is read and written is one queue state.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

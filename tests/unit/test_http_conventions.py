@@ -13,7 +13,7 @@ from processors.base import ProcessorInputError
 from runtime.api.framing import SSE_KEEP_ALIVE
 from runtime.config import load_config
 from runtime.serve import reserved_port_warning
-from tests.unit.conftest import TOKEN, make_client, served_app
+from tests.unit.conftest import TOKEN, make_client, post_scope, served_app
 from tests.unit.fake_processor import FakeProcessor
 
 CHAT = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "stream": True}
@@ -130,16 +130,7 @@ def stream_through(app, path: str, body: dict, gate_opens_on: bytes | None):
                 if not message.get("more_body"):
                     finished.set()
 
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": path,
-            "headers": [(b"content-type", b"application/json")],
-            "query_string": b"",
-            "http_version": "1.1",
-            "client": ("10.1.2.3", 4567),
-        }
-        await app.asgi(scope, receive, send)
+        await app.asgi(post_scope(path), receive, send)
 
     asyncio.run(run())
     return status[0], [chunk for chunk in chunks if chunk]
