@@ -120,7 +120,7 @@ def test_stop_aborts_the_answer_in_the_engine(page, server: Server):
     page.fill("#prompt", "Tell me a long story")
     page.click("#send")
     answer = page.locator(".message.assistant").last
-    expect(answer).not_to_have_text("")  # the answer has begun
+    expect(answer).not_to_have_text("", timeout=TIMEOUT_MS)  # the answer has begun
     page.click("#stop")
     stopped = time.monotonic()
     expect(answer.locator(".note")).to_have_text("stopped")
