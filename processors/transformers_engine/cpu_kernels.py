@@ -1,5 +1,6 @@
-"""Our CPU kernels (csrc/cpu_kernels.c): bfloat16-weight matrix products, RMSNorm, and decode
-attention over the slot cache, all float32 arithmetic.
+"""Our CPU kernels (csrc/cpu_kernels.c): bfloat16-weight matrix products, RMSNorm, decode
+attention over the slot cache, and all decoder layers of a decode step in one call, all float32
+arithmetic.
 
 Plain C without torch's headers, built at first use with the system's C compiler in about a
 second and kept in the runtime's cache under a name hashed from its source, flags and compiler;
@@ -37,11 +38,36 @@ _SIGNATURES = {
     "linear_bf16": [_P, _I, _I, _P, _I, _P, _P, ctypes.c_int],
     "rms_norm": [_P, _I, _I, _P, _F, _P, ctypes.c_int],
     "decode_attention": [_P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _P, _F, _P, ctypes.c_int],
+    "decode_layers": [_P, _P, _P, _I, _P, _P, _P, ctypes.c_int],
 }
 
 
 # These allocate scratch memory and return 0, or -1 when they could not (nothing computed).
-_WITH_SCRATCH = ("linear_bf16", "decode_attention")
+_WITH_SCRATCH = ("linear_bf16", "decode_attention", "decode_layers")
+
+
+class DecoderLayer(ctypes.Structure):
+    """The C struct of one layer's weights and caches (addresses; None where a family lacks
+    one): made once per engine, so a step passes only its own tensors."""
+
+    _fields_ = [
+        (name, _P)
+        for name in (
+            *("input_norm", "post_norm", "q_norm", "k_norm"),
+            *("qkv", "o", "gate_up", "down"),
+            *("qkv_bias", "o_bias", "gate_up_bias", "down_bias"),
+            *("k_cache", "v_cache"),
+        )
+    ]
+
+
+class DecoderShape(ctypes.Structure):
+    _fields_ = [
+        *((name, _I) for name in ("layers", "hidden", "heads", "kv_heads", "head_dim")),
+        *((name, _I) for name in ("intermediate", "max_len")),
+        ("eps", _F),
+        ("scale", _F),
+    ]
 
 
 def _checked(status: int, kernel: str) -> None:
@@ -126,14 +152,15 @@ class CpuKernels:
         """[B, H D]: one new token per slot 0..B-1 attends over its slot's positions."""
         batch, head_dim = qkv.shape[0], keys.shape[-1]
         out = torch.empty((batch, num_heads * head_dim), dtype=torch.float32)
+        qkv, cos, sin = _rows(qkv), _rows(cos), _rows(sin)  # held while C reads them
         status = self._library.decode_attention(
-            _rows(qkv).data_ptr(),
+            qkv.data_ptr(),
             batch,
             num_heads,
             num_kv_heads,
             head_dim,
-            _rows(cos).data_ptr(),
-            _rows(sin).data_ptr(),
+            cos.data_ptr(),
+            sin.data_ptr(),
             keys.data_ptr(),
             values.data_ptr(),
             keys.shape[2],
@@ -144,6 +171,29 @@ class CpuKernels:
         )
         _checked(status, "decode_attention")
         return out
+
+    def decode_layers(
+        self,
+        layers: ctypes.Array[DecoderLayer],
+        shape: DecoderShape,
+        x: torch.Tensor,  # [B, hidden], contiguous: updated in place
+        cos: torch.Tensor,  # [B, D]
+        sin: torch.Tensor,
+        positions: torch.Tensor,  # [B] int64: row b is slot b
+    ) -> None:
+        """Every decoder layer over a step of decode rows only (SiLU MLP, packed weights)."""
+        cos, sin = _rows(cos), _rows(sin)  # held while C reads them
+        status = self._library.decode_layers(
+            ctypes.addressof(layers),
+            ctypes.addressof(shape),
+            x.data_ptr(),
+            x.shape[0],
+            cos.data_ptr(),
+            sin.data_ptr(),
+            positions.data_ptr(),
+            torch.get_num_threads(),
+        )
+        _checked(status, "decode_layers")
 
 
 def _pad_rows(tensor: torch.Tensor, count: int) -> torch.Tensor:

@@ -8,19 +8,23 @@ attention is split: one call for all decoding rows over their slots, one per pro
 The arithmetic is transformers' own (the same RMSNorm, rotary and SDPA calls, in the same
 order), so greedy output matches `generate()`; what is gone is the generic machinery around it
 (cache objects, mask building, output classes), which on a 30-layer model cost more per step
-than the matrix products of a small batch.
+than the matrix products of a small batch. With our CPU kernels, a step of decode rows only runs
+all its layers in one C call (decode_layers), the same kernels in the same order without the
+Python between them.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from processors.transformers_engine.cpu_kernels import CpuKernels
+from processors.transformers_engine.cpu_kernels import CpuKernels, DecoderLayer, DecoderShape
 from processors.transformers_engine.kv_cache import SlotKVCache
-from processors.transformers_engine.weights import LayerWeights, ModelWeights
+from processors.transformers_engine.weights import LINEARS, LayerWeights, ModelWeights
 
 
 @dataclass(frozen=True)
@@ -92,10 +96,15 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class ModelRunner:
-    """`kernels` (CPU, float32): our C kernels for RMSNorm and decode attention; else torch's."""
+    """`kernels` (CPU, float32): our C kernels for RMSNorm and decode attention, and for whole
+    decode steps unless `fuse_layers` is False; else torch's."""
 
     def __init__(
-        self, weights: ModelWeights, cache: SlotKVCache, kernels: CpuKernels | None = None
+        self,
+        weights: ModelWeights,
+        cache: SlotKVCache,
+        kernels: CpuKernels | None = None,
+        fuse_layers: bool = True,
     ) -> None:
         self.weights = weights
         self.cache = cache
@@ -103,6 +112,42 @@ class ModelRunner:
         self._norm = rms_norm if self._kernels is None else self._kernels.rms_norm
         self._decode_rows = torch.arange(cache.num_slots, device=cache.device)
         self._rotary_table = self._static_rotary_table()
+        # x, cos, sin, positions -> None: every layer of a decode-only step, x updated in place
+        self.decode_layers = self._fused_layers() if fuse_layers else None
+
+    def _fused_layers(self) -> Callable[..., None] | None:
+        """Our kernels' decode_layers over these weights and caches, where every layer can run
+        there: our kernels, every matrix packed, a SiLU MLP. The tensors are ours and never
+        replaced, so their addresses hold for the engine's life."""
+        w, kernels = self.weights, self._kernels
+        linears = [getattr(layer, name) for layer in w.layers for name in LINEARS]
+        if kernels is None or w.activation is not F.silu or not all(m.packed for m in linears):
+            return None
+
+        def address(tensor: torch.Tensor | None) -> int | None:
+            return None if tensor is None else tensor.data_ptr()
+
+        layers = (DecoderLayer * len(w.layers))()
+        for index, layer in enumerate(w.layers):
+            layers[index] = DecoderLayer(
+                *map(address, (layer.input_norm, layer.post_norm, layer.q_norm, layer.k_norm)),
+                *(address(getattr(layer, name).weight) for name in LINEARS),
+                *(address(getattr(layer, name).bias) for name in LINEARS),
+                address(self.cache.keys[index]),
+                address(self.cache.values[index]),
+            )
+        shape = DecoderShape(
+            layers=len(w.layers),
+            hidden=w.layers[0].input_norm.shape[0],
+            heads=w.num_heads,
+            kv_heads=w.num_kv_heads,
+            head_dim=w.head_dim,
+            intermediate=w.layers[0].gate_up.out_features // 2,
+            max_len=self.cache.max_len,
+            eps=w.norm_eps,
+            scale=w.scaling,
+        )
+        return functools.partial(kernels.decode_layers, layers, shape)
 
     def _static_rotary_table(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """cos, sin [max_len, D] of every position, computed once by the model's own module
@@ -128,15 +173,26 @@ class ModelRunner:
         w, norm = self.weights, self._norm
         x = w.embed_rows(step.input_ids)  # [N, hidden]
         cos, sin = self._cos_sin(x, step.positions)  # [N, D]
+        if self.decode_layers is not None and not step.chunks:
+            x = x.contiguous()  # a fresh tensor (not the weights): updated in place
+            self.decode_layers(x, cos, sin, step.positions)
+        else:
+            x = self._layers(x, cos, sin, step)
+        if step.logit_rows is not None:
+            x = x[step.logit_rows]
+        return w.lm_head(norm(x, w.norm, w.norm_eps))
+
+    def _layers(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: StepInputs
+    ) -> torch.Tensor:
+        w, norm = self.weights, self._norm
         for index, layer in enumerate(w.layers):
             h = norm(x, layer.input_norm, w.norm_eps)
             x = x + layer.o(self._attention(index, layer, h, cos, sin, step))
             h = norm(x, layer.post_norm, w.norm_eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             x = x + layer.down(w.activation(gate) * up)
-        if step.logit_rows is not None:
-            x = x[step.logit_rows]
-        return w.lm_head(norm(x, w.norm, w.norm_eps))
+        return x
 
     def _attention(
         self,

@@ -41,6 +41,11 @@ class Linear:
             return F.linear(x, self.weight, self.bias)
         return self._kernels.linear_bf16(x, self.weight, self.out_features, self.bias)
 
+    @property
+    def packed(self) -> bool:
+        """Whether our kernel multiplies by it (bfloat16 panels), rather than torch."""
+        return self._kernels is not None
+
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """W[ids] [n, K], in W's stored dtype: an embedding lookup in a tied lm_head."""
         if self._kernels is None:
@@ -86,7 +91,7 @@ class ModelWeights:
     @property
     def nbytes(self) -> int:
         """Bytes a decode step reads: every matrix once, the embedding only as lm_head."""
-        linears = [self.lm_head, *(getattr(layer, n) for layer in self.layers for n in _LINEARS)]
+        linears = [self.lm_head, *(getattr(layer, n) for layer in self.layers for n in LINEARS)]
         return sum(linear.nbytes for linear in linears)
 
     @property
@@ -96,7 +101,7 @@ class ModelWeights:
         return "+".join(sorted(kind.removeprefix("torch.") for kind in kinds))
 
 
-_LINEARS = ("qkv", "o", "gate_up", "down")
+LINEARS = ("qkv", "o", "gate_up", "down")
 
 
 def extract_weights(model: Any, kernels: CpuKernels | None) -> ModelWeights:

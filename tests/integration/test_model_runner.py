@@ -50,13 +50,15 @@ def tiny_model(architecture: str):
 
 
 def our_greedy(
-    model, prompt: list[int], num_tokens: int, kernels
-) -> tuple[list[int], torch.Tensor]:
+    model, prompt: list[int], num_tokens: int, kernels, fuse_layers: bool = True
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """Greedy tokens, the prompt's logits and the last decode step's logits (both rows)."""
     config = model.config
     cache = SlotKVCache(
         config.num_hidden_layers, 2, config.num_key_value_heads, 64, 16, torch.float32, "cpu"
     )
-    runner = ModelRunner(extract_weights(model, kernels), cache, kernels)
+    runner = ModelRunner(extract_weights(model, kernels), cache, kernels, fuse_layers)
+    assert (runner.decode_layers is not None) == (kernels is not None and fuse_layers)
     device = torch.device("cpu")
     # Slot 1 decodes beside slot 0 with a prompt of its own, so the rows really are batched.
     other = [5, 6, 7]
@@ -71,7 +73,7 @@ def our_greedy(
         tokens.append(int(logits[0].argmax()))
         other_token = int(logits[1].argmax())
         positions = [p + 1 for p in positions]
-    return tokens, first_logits
+    return tokens, first_logits, logits
 
 
 @pytest.mark.parametrize(
@@ -90,9 +92,28 @@ def test_our_forward_is_transformers_forward(architecture, use_kernels):
             torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=0
         )[0, len(prompt) :].tolist()
         expected_logits = reference(torch.tensor([prompt])).logits[0, -1]
-        tokens, logits = our_greedy(copy.deepcopy(reference), prompt, 12, kernels)
+        tokens, logits, _ = our_greedy(copy.deepcopy(reference), prompt, 12, kernels)
     assert tokens == expected
     assert torch.allclose(logits, expected_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "architecture",
+    ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"],
+)
+def test_a_decode_step_in_one_call_is_the_layer_by_layer_step(architecture):
+    """decode_layers (one C call for every layer) against the Python loop over the same
+    kernels: biases (Llama here, Qwen2), per-head norms (Qwen3), two rows at their own
+    positions. Only SiLU's exp is computed by another library, so the logits agree to float32
+    rounding."""
+    kernels = kernels_here()
+    model = tiny_model(architecture)
+    prompt = [3, 14, 15, 92, 65, 35, 8, 9, 79]
+    with torch.inference_mode():
+        fused = our_greedy(copy.deepcopy(model), prompt, 12, kernels, fuse_layers=True)
+        looped = our_greedy(copy.deepcopy(model), prompt, 12, kernels, fuse_layers=False)
+    assert fused[0] == looped[0]
+    assert torch.allclose(fused[2], looped[2], rtol=1e-5, atol=1e-5)
 
 
 def kernels_here():

@@ -12,6 +12,9 @@
  * decode_attention: for one new token per sequence: rotary embedding of q and k, the new k and
  *   v written into the slot cache, and attention over the sequence's own length, one
  *   (sequence, kv head) pair per work item with its query heads together (grouped-query).
+ * decode_layers: every decoder layer of a decode step in one call, from the kernels above: at
+ *   batch 1 the step's Python and ctypes overhead around some 300 kernel calls cost as much as
+ *   the kernels themselves.
  *
  * Built with -ffp-contract=off: where torch multiplies and then adds, so do we, and the
  * rotary embedding is bit for bit transformers' own.
@@ -307,5 +310,74 @@ int decode_attention(const float *qkv, int64_t B, int64_t H, int64_t Hkv, int64_
         }
     }
     free(scratch_all);
+    return 0;
+}
+
+/* ---- decode_layers ---- */
+
+/* One decoder layer's weights, as model_runner.py packs them; NULL for what a family lacks. */
+typedef struct {
+    const float *input_norm, *post_norm, *q_norm, *k_norm; /* q_norm, k_norm: Qwen3's, [D] */
+    const uint16_t *qkv, *o, *gate_up, *down;              /* packed by pack_bf16 */
+    const float *qkv_bias, *o_bias, *gate_up_bias, *down_bias; /* padded to panels, or NULL */
+    float *k_cache, *v_cache;                              /* [S, Hkv, L, D] */
+} DecoderLayer;
+
+typedef struct {
+    int64_t layers, hidden, heads, kv_heads, head_dim, intermediate, max_len;
+    float eps, scale;
+} DecoderShape;
+
+INLINE void add_rows(float *x, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) x[i] = x[i] + y[i];
+}
+
+/* A kernel that could not allocate its scratch ends the step at once: -1, the step failed. */
+#define OR_FAIL(call) do { if ((call) != 0) { free(scratch); return -1; } } while (0)
+
+/* x [B, hidden], updated in place by every layer, as model_runner.py's layer loop does for a
+ * step of decode rows only (row b is slot b at positions[b]); cos, sin [B, D]. The MLP's
+ * activation is SiLU. Returns 0, or -1 when scratch memory cannot be allocated. */
+int decode_layers(const DecoderLayer *layers, const DecoderShape *shape, float *x, int64_t B,
+                  const float *cos, const float *sin, const int64_t *positions,
+                  int num_threads) {
+    const int64_t E = shape->hidden, H = shape->heads, Hkv = shape->kv_heads;
+    const int64_t D = shape->head_dim, I = shape->intermediate;
+    const int64_t qkv_width = (H + 2 * Hkv) * D;
+    /* h and product [B, E]; qkv [B, qkv_width]; mixed [B, max(H D, I)], the attention's output
+     * and later the MLP's activation; gate_up [B, 2 I] */
+    const int64_t mixed_width = H * D > I ? H * D : I;
+    const int64_t scratch_floats = B * (2 * E + qkv_width + mixed_width + 2 * I);
+    float *scratch = malloc(sizeof(float) * (size_t)scratch_floats);
+    if (scratch == NULL) return -1;
+    float *h = scratch, *product = h + B * E, *qkv = product + B * E;
+    float *mixed = qkv + B * qkv_width, *gate_up = mixed + B * mixed_width;
+    for (int64_t index = 0; index < shape->layers; ++index) {
+        const DecoderLayer *layer = layers + index;
+        rms_norm(x, B, E, layer->input_norm, shape->eps, h, num_threads);
+        OR_FAIL(linear_bf16(h, B, E, layer->qkv, qkv_width, layer->qkv_bias, qkv, num_threads));
+        if (layer->q_norm != NULL && layer->k_norm != NULL) /* each head, before rotary */
+            for (int64_t b = 0; b < B; ++b) {
+                float *row = qkv + b * qkv_width;
+                rms_norm(row, H, D, layer->q_norm, shape->eps, row, 1);
+                rms_norm(row + H * D, Hkv, D, layer->k_norm, shape->eps, row + H * D, 1);
+            }
+        OR_FAIL(decode_attention(qkv, B, H, Hkv, D, cos, sin, layer->k_cache, layer->v_cache,
+                                 shape->max_len, positions, shape->scale, mixed, num_threads));
+        OR_FAIL(linear_bf16(mixed, B, H * D, layer->o, E, layer->o_bias, product, num_threads));
+        add_rows(x, product, B * E);
+        rms_norm(x, B, E, layer->post_norm, shape->eps, h, num_threads);
+        OR_FAIL(linear_bf16(h, B, E, layer->gate_up, 2 * I, layer->gate_up_bias, gate_up,
+                            num_threads));
+        for (int64_t b = 0; b < B; ++b) /* silu(gate) * up, as torch computes silu */
+            for (int64_t i = 0; i < I; ++i) {
+                const float gate = gate_up[b * 2 * I + i], up = gate_up[b * 2 * I + I + i];
+                mixed[b * I + i] = gate / (1.0f + expf(-gate)) * up;
+            }
+        OR_FAIL(linear_bf16(mixed, B, I, layer->down, E, layer->down_bias, product, num_threads));
+        add_rows(x, product, B * E);
+    }
+#undef OR_FAIL
+    free(scratch);
     return 0;
 }
