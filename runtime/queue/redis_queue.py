@@ -6,7 +6,7 @@ is appended to the sink in the same step that removes its request from the input
 claimed entry sits in its runtime's pending list; the runtime renews it while the request runs,
 and an entry idle for the visibility timeout (its runtime died or stalled) is claimed by the
 next runtime that looks. Each change is also published, so runtimes waiting for work or results
-look again at once; they poll as well, in case a message is lost while Redis is away.
+look again at once (redis_events.py); they poll as well.
 
 What survives a Redis restart is what Redis persisted (see the README's delivery guarantees).
 """
@@ -43,6 +43,7 @@ from runtime.queue.base import (
     StreamFacts,
     result_tags,
 )
+from runtime.queue.redis_events import CONNECTION_ERRORS, MAX_BACKOFF_S, RedisEvents
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,8 @@ T = TypeVar("T")
 
 GROUP = "llm-runtime"
 COMMAND_TIMEOUT_S = 5.0
-MAX_BACKOFF_S = 5.0
 BATCH = 1000  # entries one truncate or expiry script removes, so Redis is never held long
 STALE_CONSUMER_S = 3600.0  # a consumer idle this long with nothing pending is forgotten
-_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 
 def where(url: str) -> str:
@@ -91,8 +90,7 @@ class RedisQueue:
         self._scripts = {
             name: self._client.register_script(source) for name, source in scripts.ALL.items()
         }
-        self._listeners: list[Listener] = []
-        self._events: asyncio.Task | None = None
+        self._events = RedisEvents(self._client, self._key("events"), self.consumer)
 
     # -- connecting -----------------------------------------------------------------------------
 
@@ -104,18 +102,18 @@ class RedisQueue:
             try:
                 await self._client.ping()
                 await self._ensure_groups()
-                pubsub = await self._subscribe()
+                pubsub = await self._events.subscribe()
                 break
             except redis_errors.AuthenticationError as exc:
                 raise QueueOpenError(f"the queue's Redis at {self.where} refused: {exc}") from exc
             except redis_errors.ResponseError as exc:
                 raise QueueOpenError(f"the queue's Redis at {self.where}: {exc}") from exc
-            except _ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 if on_wait is not None:
                     on_wait(f"the queue's Redis at {self.where} is unreachable: {exc}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
-        self._events = asyncio.create_task(self._listen(pubsub), name="queue-events")
+        self._events.start(pubsub)
 
     async def _ensure_groups(self) -> None:
         for stream in (self._key("in:1"), self._key("in:0")):
@@ -124,35 +122,6 @@ class RedisQueue:
             except redis_errors.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-
-    async def _subscribe(self) -> Any:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self._key("events"))
-        return pubsub
-
-    async def _listen(self, pubsub: Any) -> None:
-        """Tell listeners of the changes any runtime publishes; subscribe again when Redis is
-        back (the workers' polling covers what was published meanwhile)."""
-        delay = 0.2
-        while True:
-            try:
-                if pubsub is None:
-                    pubsub = await self._subscribe()
-                    delay = 0.2
-                message = await pubsub.get_message(timeout=1.0)
-                if message is None:
-                    continue
-                # "<stream> <consumer>": this runtime told its listeners of its own already.
-                stream, _, origin = message["data"].decode().partition(" ")
-                if origin != self.consumer and stream in ("input", "sink"):
-                    self._notify(Stream(stream))
-            except _ERRORS:
-                if pubsub is not None:
-                    with contextlib.suppress(*_ERRORS):
-                        await pubsub.aclose()
-                pubsub = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
 
     # -- the input queue ------------------------------------------------------------------------
 
@@ -171,7 +140,7 @@ class RedisQueue:
         index = await self._script("ENQUEUE", *args, -1 if max_pending is None else max_pending)
         if index < 0:
             raise QueueFullError(f"the queue holds its maximum of {max_pending} waiting requests")
-        self._notify(Stream.INPUT)
+        self._events.notify(Stream.INPUT)
         return QueueItem(index, request_id, body, content_type, tags)
 
     async def claim(self, limit: int = 1) -> list[QueueItem]:
@@ -193,14 +162,14 @@ class RedisQueue:
         done = await self._script("COMPLETE", item.request_id, data, tags, now, self._result_ttl)
         if done is None:
             return None
-        self._notify(Stream.SINK)
+        self._events.notify(Stream.SINK)
         index, written = done
         return Frame(index, data, json.loads(written))
 
     async def release(self, request_id: str) -> None:
         idle_ms = round(self.lease_s * 1000) + 1
         await self._script("RELEASE", request_id, idle_ms)
-        self._notify(Stream.INPUT)
+        self._events.notify(Stream.INPUT)
 
     async def state(self, request_id: str) -> ItemState | None:
         async def read() -> tuple[Any, Any]:
@@ -259,7 +228,7 @@ class RedisQueue:
         index = await self._script(
             "PUT", request_id, data, json.dumps(tags), time.time(), self._result_ttl
         )
-        self._notify(Stream.SINK)
+        self._events.notify(Stream.SINK)
         return Frame(index, data, tags)
 
     async def frames(self, stream: Stream, start: int, limit: int) -> list[Frame]:
@@ -308,7 +277,7 @@ class RedisQueue:
         if not indexes:
             return 0
         deleted = await self._script("DELETE", stream.value, *indexes)
-        self._notify(stream)
+        self._events.notify(stream)
         return deleted
 
     async def truncate(self, stream: Stream, before: int) -> int:
@@ -317,7 +286,7 @@ class RedisQueue:
             removed = await self._script("TRUNCATE", stream.value, before, BATCH)
             truncated += removed
             if removed < BATCH:
-                self._notify(stream)
+                self._events.notify(stream)
                 return truncated
 
     async def facts(self, stream: Stream) -> StreamFacts:
@@ -350,18 +319,11 @@ class RedisQueue:
         return await self._call(read)
 
     def add_listener(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    def _notify(self, stream: Stream) -> None:
-        for listener in self._listeners:
-            listener(stream)
+        self._events.add_listener(listener)
 
     async def close(self) -> None:
-        if self._events is not None:
-            self._events.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._events
-        with contextlib.suppress(*_ERRORS, redis_errors.ResponseError):
+        await self._events.stop()
+        with contextlib.suppress(*CONNECTION_ERRORS, redis_errors.ResponseError):
             await self._leave_group()
         await self._client.aclose()
 
@@ -394,7 +356,7 @@ class RedisQueue:
                     raise
                 await self._ensure_groups()
                 return await operation()
-        except _ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise QueueUnavailableError(
                 f"the queue's Redis at {self.where} is unreachable: {exc}"
             ) from exc
