@@ -155,10 +155,10 @@ def held(processes: list[psutil.Process]):
 def test_stop_aborts_the_answer_in_the_engine(page, server: Server):
     """Stop mid-answer keeps the answer so far and aborts the request in the engine.
 
-    On CI's loaded 2-core machine the engine twice finished the whole answer (2000 tokens in
-    5 to 14 s) before the page drew its first token, so Stop came too late. The engine is held
-    (SIGSTOP) and let run in 10 ms slices until the server has a first token; it stays held
-    while the page catches up and the Stop click lands, so the click is always mid-answer."""
+    On a loaded 2-core machine the engine can finish the whole answer (2000 tokens in 5 to
+    14 s in CI runs) before the page draws its first token, and a click on Stop comes too late.
+    So the engine is held (SIGSTOP) and let run in 10 ms slices until the server has a first
+    token; it stays held while the page catches up and the click lands: always mid-answer."""
     from playwright.sync_api import expect
 
     open_with_token(page, server)
