@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -27,7 +28,10 @@ from tests.e2e.conftest import (
     close_code,
     engine_children,
     engine_core,
+    first_tokens,
+    held,
     held_body,
+    run_in_slices,
 )
 
 DEADLINE_S = 120
@@ -303,11 +307,17 @@ def disconnects(server: Server) -> float:
 
 
 def test_clients_that_leave_free_the_engine_at_once(server):
+    """Four streams running in the engine, closed by their clients: all four are aborted.
+
+    A stream's unread tokens fill the socket buffers, not a wait, so a client slower than the
+    engine finds its streams already ended: in a CI run none of four 2000-token streams was still
+    in flight once the fourth had opened. So the engine is held (SIGSTOP) while they are sent,
+    let run in 10 ms slices until each has a first token, and held until the clients have gone."""
     # ignore_eos: a sampled stream of the random demo model may end early on its own.
     body = {"prompt": "leave", "max_tokens": 2000, "ignore_eos": True, "stream": True}
-    before = disconnects(server)
-    streams = []
-    for _ in range(4):  # each running (its first chunk read) before the next opens
+    before, answered = disconnects(server), first_tokens(server)
+
+    def open_stream() -> tuple[requests.Response, Iterator[bytes]]:
         response = requests.post(
             f"{server.url}/v1/completions",
             json=body,
@@ -317,18 +327,23 @@ def test_clients_that_leave_free_the_engine_at_once(server):
         )
         assert response.status_code == 200, response.text
         lines = response.iter_lines()  # kept: dropping it would close the connection now
-        next(lines)
-        streams.append((response, lines))
-    assert in_flight(server) == 4, requests.get(f"{server.url}/health", timeout=10).text
-    assert sum(engine_load(server)) > 0
+        assert next(lines).startswith(b"data: {")  # its first token
+        return response, lines
+
+    engine = engine_children(server)
+    with held(engine), ThreadPoolExecutor(4) as clients:
+        opening = [clients.submit(open_stream) for _ in range(4)]
+        run_in_slices(engine, lambda: first_tokens(server) >= answered + 4, 60, "4 first tokens")
+        streams = [future.result(timeout=DEADLINE_S) for future in opening]
+        assert in_flight(server) == 4
+        assert sum(engine_load(server)) > 0
+        for response, _ in streams:
+            response.close()
+        wait_for(lambda: disconnects(server) - before == 4, 10, "the server to see 4 clients go")
     left = time.monotonic()
-    for response, _ in streams:
-        response.close()
     wait_for(lambda: engine_load(server) == (0, 0), 10, "the engine to be idle")
-    print(
-        f"\n4 streams closed by their clients: engine idle after "
-        f"{(time.monotonic() - left) * 1000:.0f} ms"
-    )
+    idle_s = time.monotonic() - left
+    print(f"\n4 streams closed by their clients: engine idle {idle_s:.3f} s after its release")
     wait_for(lambda: in_flight(server) == 0, 10, "nothing in flight")
     assert disconnects(server) - before == 4  # aborted, not finished
 

@@ -12,14 +12,17 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-import psutil
 import pytest
-import requests
 
-from tests.e2e.conftest import Server, engine_children
+from tests.e2e.conftest import (
+    Server,
+    engine_children,
+    first_tokens,
+    held,
+    run_in_slices,
+)
 from tests.e2e.test_reliability import disconnects, engine_load, in_flight, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -133,25 +136,6 @@ def test_chat_streams_keeps_history_and_sends_the_controls(page, server: Server,
     ]
 
 
-def first_tokens(server: Server) -> float:
-    """How many requests the server has had a first token for, from its TTFT histogram."""
-    text = requests.get(f"{server.url}/metrics", timeout=10).text
-    prefix = "vllm:time_to_first_token_seconds_count"
-    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(prefix))
-
-
-@contextmanager
-def held(processes: list[psutil.Process]):
-    """SIGSTOP on the processes, and SIGCONT on the way out however the block ends."""
-    for process in processes:
-        process.suspend()
-    try:
-        yield
-    finally:
-        for process in reversed(processes):
-            process.resume()
-
-
 def test_stop_aborts_the_answer_in_the_engine(page, server: Server):
     """Stop mid-answer keeps the answer so far and aborts the request in the engine.
 
@@ -168,17 +152,8 @@ def test_stop_aborts_the_answer_in_the_engine(page, server: Server):
     answer = page.locator(".message.assistant").last
     engine = engine_children(server)
     with held(engine):
-
-        def first_token_at_the_server() -> bool:
-            for process in engine:  # a 10 ms slice of work
-                process.resume()
-            time.sleep(0.01)
-            for process in engine:
-                process.suspend()
-            return first_tokens(server) > answered
-
         page.click("#send")
-        wait_for(first_token_at_the_server, 60, "the first token at the server")
+        run_in_slices(engine, lambda: first_tokens(server) > answered, 60, "a first token")
         expect(answer).not_to_have_text("")  # the page has it too
         page.click("#stop")
         expect(answer.locator(".note")).to_have_text("stopped")
