@@ -161,6 +161,12 @@ def engine_core(server: Server) -> psutil.Process:
     )
 
 
+def server_processes(server: Server) -> list[psutil.Process]:
+    """The server's process and its children: its engine, wherever the processor runs it."""
+    parent = psutil.Process(server.process.pid)
+    return [parent, *parent.children(recursive=True)]
+
+
 def first_tokens(server: Server) -> float:
     """How many requests the server has had a first token for, from its TTFT histogram."""
     text = requests.get(f"{server.url}/metrics", timeout=10).text
