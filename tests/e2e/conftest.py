@@ -174,42 +174,43 @@ def first_tokens(server: Server) -> float:
     return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(prefix))
 
 
-def _threads(processes: list[psutil.Process]) -> dict[int, set[int]]:
-    """The processes' threads with the CPUs each may run on."""
-    found = {}
-    for process in processes:
-        for tid in map(int, os.listdir(f"/proc/{process.pid}/task")):
-            with suppress(ProcessLookupError):  # a thread that has just ended
-                found[tid] = os.sched_getaffinity(tid)
-    return found
+def _thread_ids(process: psutil.Process) -> list[int]:
+    with suppress(FileNotFoundError):  # an ended process has none
+        return [int(tid) for tid in os.listdir(f"/proc/{process.pid}/task")]
+    return []
 
 
 @contextmanager
 def off_the_tests_cpu(processes: list[psutil.Process]) -> Iterator[None]:
     """While the block runs, the test (this thread, and the threads it starts) runs on one CPU
-    and the processes on the others, where there are two or more; then both run where they did.
+    and the processes on the others, where there are two or more; then both run where they did
+    (a thread the processes started meanwhile, where its process's main thread did).
 
     Measured on a 2-core machine: resumed from SIGSTOP on the test's CPU, vLLM's engine kept the
     test off the CPU for up to 8 s (run-queue waits in /proc/self/schedstat) before it could
     stop the engine again; 5 of 30 tries of the disconnect test failed so beside two busy loops.
     Apart, no slice took 100 ms in 30 tries alone, beside two busy loops or beside four."""
-    cpus = sorted(os.sched_getaffinity(0))
+    cpus = os.sched_getaffinity(0)
     if len(cpus) < 2:
         yield
         return
-    test_cpu, others = {cpus[-1]}, set(cpus[:-1])
-    theirs = _threads(processes)
-    for tid in theirs:
-        with suppress(ProcessLookupError):
-            os.sched_setaffinity(tid, others)
+    test_cpu = {max(cpus)}
+    before: dict[int, set[int]] = {}
+    for process in processes:
+        for tid in _thread_ids(process):
+            with suppress(ProcessLookupError):  # a thread that has just ended
+                before[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, cpus - test_cpu)
     os.sched_setaffinity(0, test_cpu)
     try:
         yield
     finally:
         os.sched_setaffinity(0, cpus)
-        for tid, allowed in theirs.items():
-            with suppress(ProcessLookupError):
-                os.sched_setaffinity(tid, allowed)
+        for process in processes:
+            main = before.get(process.pid, cpus)
+            for tid in _thread_ids(process):
+                with suppress(ProcessLookupError):
+                    os.sched_setaffinity(tid, before.get(tid, main))
 
 
 @contextmanager
@@ -227,6 +228,18 @@ def held(processes: list[psutil.Process]) -> Iterator[None]:
                 process.resume()
 
 
+@contextmanager
+def released(processes: list[psutil.Process]) -> Iterator[None]:
+    """Held processes run while the block does, and are held again after it."""
+    for process in processes:
+        process.resume()
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.suspend()
+
+
 def run_in_slices(
     processes: list[psutil.Process], done: Callable[[], bool], timeout: float, what: str
 ) -> None:
@@ -235,11 +248,8 @@ def run_in_slices(
     deadline = time.monotonic() + timeout
     while not done():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        for process in processes:
-            process.resume()
-        time.sleep(0.01)  # the slice of work, not a synchronisation
-        for process in processes:
-            process.suspend()
+        with released(processes):
+            time.sleep(0.01)  # the slice of work, not a synchronisation
 
 
 def held_body(body: dict, release: threading.Event) -> Iterator[bytes]:

@@ -30,6 +30,7 @@ from tests.e2e.conftest import (
     engine_core,
     held,
     held_body,
+    released,
     run_in_slices,
     server_processes,
 )
@@ -335,7 +336,11 @@ def test_clients_that_leave_free_the_engine_at_once(server):
     with held(processes), ThreadPoolExecutor(4) as clients:
         opening = [clients.submit(open_stream) for _ in range(4)]
         run_in_slices(processes, lambda: all(f.done() for f in opening), 60, "4 first tokens")
-        for response, _ in [future.result() for future in opening]:
+        streams = [future.result() for future in opening]
+        with released(processes):  # for two questions: the answers have 1,999 tokens to go
+            assert in_flight(server) == 4
+            assert sum(engine_load(server)) > 0
+        for response, _ in streams:
             response.close()
     left = time.monotonic()
     wait_for(lambda: disconnects(server) - before == 4, 10, "the server to see 4 clients go")

@@ -9,6 +9,10 @@ import pytest
 from processors.settings import EngineSettings
 
 pytest.importorskip("vllm")
+from vllm.platforms import current_platform
+
+# What vLLM's CPU build is asked for; on a GPU the dtype is passed as given.
+pytestmark = pytest.mark.skipif(not current_platform.is_cpu(), reason="vLLM's CPU build")
 
 
 def dtype_for(demo_model_dir, caplog, **settings) -> str:
@@ -24,9 +28,6 @@ def dtype_for(demo_model_dir, caplog, **settings) -> str:
 def test_auto_is_float32_on_a_cpu_whatever_its_bfloat16_support(demo_model_dir, caplog):
     # vLLM would take the checkpoint's bfloat16, whose compiled path answered SmolLM2 with
     # nonsense on an AVX2 and on an AVX-512 BF16 machine.
-    from vllm.platforms import current_platform
-
-    assert current_platform.is_cpu()  # the build these machines run
     assert dtype_for(demo_model_dir, caplog, dtype="auto") == "float32"
     assert "--dtype auto runs vLLM in float32" in caplog.text
 
